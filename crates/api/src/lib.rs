@@ -1,0 +1,559 @@
+//! Wire types of hull's HTTP API: requests, responses, error kinds.
+//!
+//! No I/O lives here. Every type derives `utoipa::ToSchema`, and the OpenAPI
+//! document at `docs/openapi.json` is generated from them by the server crate.
+//! Request types refuse unknown fields, so a misspelt option is an error
+//! rather than a silently ignored default.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub mod limits;
+pub use limits::*;
+
+/// The closed set of error kinds every API error maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    Conflict,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status this kind is served with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidArgument => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::ResourceExhausted => 429,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API error: a kind and a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+}
+
+/// The JSON body of every error response: `{"error": {"kind", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+/// Lifecycle states of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Paused,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Stopping => "stopping",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => SandboxState::Creating,
+            "running" => SandboxState::Running,
+            "paused" => SandboxState::Paused,
+            "stopping" => SandboxState::Stopping,
+            "stopped" => SandboxState::Stopped,
+            "failed" => SandboxState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Presets over TTL, idle timeout and (later) network and pooling defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// RL rollouts: short TTL (30 s), no idle extension.
+    Rollout,
+    /// Agent sessions: 40 min TTL, extended by activity.
+    #[default]
+    Session,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Rollout => "rollout",
+            Profile::Session => "session",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "rollout" => Some(Profile::Rollout),
+            "session" => Some(Profile::Session),
+            _ => None,
+        }
+    }
+}
+
+/// The isolation substrate a sandbox runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubstrateKind {
+    #[default]
+    Container,
+}
+
+/// `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Template to start from (`host` when absent).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// `rollout` or `session` (the default).
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    /// A unique name; a DNS label like the id. Usable wherever an id is.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Resource limits; absent fields take the defaults.
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    /// Destroy the sandbox this many seconds after creation (profile default when absent).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// Destroy the sandbox after this many seconds without an API call that touches it.
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<u64>,
+    /// Environment added to every process started in the sandbox.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Default user for processes (`root` when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Default working directory for processes.
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+/// A recorded event in a sandbox's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxEvent {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// `created`, `oom`, `paused`, `resumed`, `ttl_expired`, `idle_expired`,
+    /// `guest_lost`, `adopted`, `destroyed`, `failed`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// A sandbox as the API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub state: SandboxState,
+    pub template: String,
+    pub profile: Profile,
+    pub substrate: SubstrateKind,
+    pub labels: BTreeMap<String, String>,
+    /// The limits in force.
+    pub limits: Limits,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// When the TTL destroys it (seconds since the Unix epoch); none when it has no TTL.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<u64>,
+    /// Host pid of the sandbox's init (the guest agent), while it runs.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Why it failed, when `state` is `failed`.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub events: Vec<SandboxEvent>,
+}
+
+/// `GET /v1/sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<Sandbox>,
+}
+
+/// `POST /v1/sandboxes/{id}/ttl`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTtl {
+    /// New TTL counted from now; 0 removes the TTL.
+    pub ttl_seconds: u64,
+}
+
+/// `POST /v1/sandboxes/{id}/exec`: run a command and wait for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments.
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Text written to the command's stdin, then closed.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Kill the command after this many seconds (fractions allowed).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+    /// Run on a pseudo-terminal (streaming variants only).
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub rows: Option<u16>,
+    #[serde(default)]
+    pub cols: Option<u16>,
+    /// Start in the background and return at once; see `/processes`.
+    #[serde(default)]
+    pub background: bool,
+}
+
+/// The result of a buffered exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// Output as UTF-8 (invalid sequences replaced).
+    pub stdout: String,
+    pub stderr: String,
+    /// Exit code when it exited; none when a signal ended it.
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// The timeout killed it; output is what it printed until then.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The memory limit's OOM killer ended it.
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// Output beyond the buffered limit was dropped.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+impl ExecResult {
+    /// The exit code a CLI reports for this result: the command's code, 124
+    /// when the timeout killed it, 128+N when signal N ended it.
+    pub fn cli_exit_code(&self) -> i32 {
+        if self.timed_out {
+            124
+        } else if let Some(c) = self.exit_code {
+            c
+        } else if let Some(s) = self.signal {
+            128 + s
+        } else {
+            125
+        }
+    }
+}
+
+/// Returned by a background exec.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProcessStarted {
+    pub id: String,
+    pub pid: i32,
+}
+
+/// One event of a streaming exec (NDJSON line or WebSocket text message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    Started { id: String, pid: i32 },
+    /// `data` is UTF-8 text; `data_b64` carries the exact bytes.
+    Stdout { ts_micros: u64, data: String, data_b64: String },
+    Stderr { ts_micros: u64, data: String, data_b64: String },
+    Exit(ExecResult),
+    Error { error: ApiError },
+}
+
+/// Messages a WebSocket exec client sends after its first (an `ExecRequest`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecClientMessage {
+    /// Bytes for stdin (`data` as text, or `data_b64`).
+    Stdin {
+        #[serde(default)]
+        data: Option<String>,
+        #[serde(default)]
+        data_b64: Option<String>,
+    },
+    /// Close stdin.
+    Eof,
+    Signal { signal: i32 },
+    Resize { rows: u16, cols: u16 },
+}
+
+/// A process started through the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProcessInfo {
+    pub id: String,
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub background: bool,
+    pub started_micros: u64,
+    pub running: bool,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// `POST /v1/sandboxes/{id}/processes/{pid}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub signal: i32,
+}
+
+/// A file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    #[serde(default)]
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    pub entries: Vec<FileInfo>,
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MkdirRequest {
+    pub path: String,
+    #[serde(default = "default_true")]
+    pub parents: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    pub from: String,
+    pub to: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Version {
+    pub version: String,
+    pub api: String,
+    /// Guest protocol versions this daemon speaks.
+    pub protocol_min: u32,
+    pub protocol_max: u32,
+}
+
+/// `GET /v1/info`: what this host supports.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub version: String,
+    pub instance_id: String,
+    pub state_dir: String,
+    pub kernel: String,
+    /// `v2`, `v1` or `hybrid` (v1 controllers beside an empty v2 hierarchy).
+    pub cgroup_mode: String,
+    /// Controllers hull uses, each with where it found it (`v1` or `v2`).
+    pub cgroup_controllers: BTreeMap<String, String>,
+    pub user_namespaces: bool,
+    pub idmapped_mounts: bool,
+    pub overlayfs: bool,
+    pub seccomp: bool,
+    pub landlock: bool,
+    pub btrfs: bool,
+    /// `/dev/kvm` is present.
+    pub kvm: bool,
+    /// What hull concluded about KVM (e.g. nested PVM: small guests only).
+    pub kvm_note: String,
+    /// QEMU software emulation is installed.
+    pub tcg: bool,
+    /// Host uid/gid range sandbox root maps to.
+    pub uid_range: String,
+    pub templates: Vec<TemplateInfo>,
+    pub sandboxes: usize,
+    pub defaults: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub available: bool,
+    pub description: String,
+    /// Why it cannot be used, when unavailable.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Check a sandbox id or name: a lowercase DNS label (1-63 of `a-z0-9-`,
+/// not starting or ending with `-`).
+pub fn validate_dns_label(what: &str, s: &str) -> Result<(), ApiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} {s:?} is not a lowercase DNS label (1-63 characters of a-z, 0-9 and '-', not starting or ending with '-')"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(validate_dns_label("name", "abc-1").is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "../x", &"a".repeat(64)] {
+            assert!(validate_dns_label("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let r: Result<CreateSandbox, _> = serde_json::from_str(r#"{"templte":"host"}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn exit_codes() {
+        let mut r = ExecResult { exit_code: Some(3), ..Default::default() };
+        assert_eq!(r.cli_exit_code(), 3);
+        r.exit_code = None;
+        r.signal = Some(9);
+        assert_eq!(r.cli_exit_code(), 137);
+        r.timed_out = true;
+        assert_eq!(r.cli_exit_code(), 124);
+    }
+
+    #[test]
+    fn error_statuses() {
+        assert_eq!(ErrorKind::ResourceExhausted.http_status(), 429);
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::PermissionDenied).unwrap(),
+            "\"permission_denied\""
+        );
+    }
+}

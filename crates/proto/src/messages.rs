@@ -1,0 +1,277 @@
+//! The messages carried in control frames.
+//!
+//! A connection opens with one [`Request`] from the host. What follows
+//! depends on its [`Op`]:
+//!
+//! | op | host sends after | guest answers |
+//! |---|---|---|
+//! | `hello` | nothing | `hello` |
+//! | `exec` | `Data` (stdin), `Eof`, control [`ExecInput`] | `started`, then `Stdout`/`Stderr` frames, then `exited` (foreground); `started` alone (background) |
+//! | `attach` | as for `exec` | buffered then live output, then `exited` |
+//! | `procs` | nothing | `procs` |
+//! | `signal` | nothing | `ok` |
+//! | `read` | nothing | `stat`, then `Data` frames, then `Eof` |
+//! | `write` | `Data` frames, then `Eof` | `stat` of the written file |
+//! | `stat` / `list` / `mkdir` / `remove` / `rename` | nothing | `stat` / `entries` / `ok` |
+//! | `tar_get` | nothing | `Data` frames (a tar stream), then `Eof` |
+//! | `tar_put` | `Data` frames (a tar stream), then `Eof` | `ok` |
+//! | `connect` | `Data` both ways, `Eof` to half-close | `connected`, then `Data`/`Eof` |
+//!
+//! Any step may instead be answered with `error`, after which the guest
+//! closes the connection. Closing a foreground `exec` connection early kills
+//! the process group it started.
+
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+
+/// The first frame on every connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    /// Protocol version the sender speaks on this connection.
+    pub v: u32,
+    pub op: Op,
+}
+
+impl Request {
+    /// A request at this build's [`PROTOCOL_VERSION`].
+    pub fn new(op: Op) -> Self {
+        Self { v: PROTOCOL_VERSION, op }
+    }
+}
+
+/// What the host asks the guest to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// Learn the guest's protocol range and identity.
+    Hello { min: u32, max: u32 },
+    /// Start a process.
+    Exec(ExecSpec),
+    /// Reattach to a background process by its id.
+    Attach {
+        id: String,
+        /// Replay output buffered so far before streaming live output.
+        #[serde(default = "yes")]
+        replay: bool,
+    },
+    /// List processes started through the agent.
+    Procs,
+    /// Send a signal to a process started through the agent (its process group).
+    Signal { id: String, signal: i32 },
+    /// Read a regular file.
+    Read {
+        path: String,
+        #[serde(default)]
+        offset: u64,
+        /// Read at most this many bytes (all when absent).
+        #[serde(default)]
+        limit: Option<u64>,
+    },
+    /// Replace a file atomically with the data that follows.
+    Write {
+        path: String,
+        /// Permission bits of the new file (0644 when absent).
+        #[serde(default)]
+        mode: Option<u32>,
+        /// Create missing parent directories.
+        #[serde(default)]
+        parents: bool,
+        /// Refuse to write more than this many bytes.
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    Stat { path: String },
+    /// List a directory, descending `depth` levels (1 = the directory's entries).
+    List {
+        path: String,
+        #[serde(default = "one")]
+        depth: u32,
+    },
+    Mkdir {
+        path: String,
+        #[serde(default)]
+        parents: bool,
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    Rename { from: String, to: String },
+    /// Stream a file or directory out as a tar archive.
+    TarGet { path: String },
+    /// Unpack the tar archive that follows into a directory (created if missing).
+    TarPut {
+        path: String,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    /// Open a TCP connection to a port inside the sandbox.
+    Connect {
+        port: u16,
+        /// Address inside the sandbox; loopback when absent.
+        #[serde(default)]
+        host: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+
+/// How to start a process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecSpec {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
+    pub argv: Vec<String>,
+    /// Variables added to (and overriding) the sandbox's default environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox (the user's home, or `/`, when absent).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// A user name from the sandbox's `/etc/passwd`, or `uid[:gid]` (root when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The host will send stdin as `Data` frames; otherwise stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run on a pseudo-terminal of this size (stdout and stderr merge into `Stdout`).
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+    /// Kill the process group after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Keep running after the connection closes; output is buffered for `attach`.
+    #[serde(default)]
+    pub background: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Control messages the host may send on an `exec`/`attach` connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecInput {
+    Signal { signal: i32 },
+    Resize { rows: u16, cols: u16 },
+}
+
+/// What the guest answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Hello {
+        min: u32,
+        max: u32,
+        /// The guest agent's build version.
+        agent: String,
+    },
+    Started {
+        /// The agent's id for the process (for `attach`, `signal`).
+        id: String,
+        /// Its pid inside the sandbox.
+        pid: i32,
+    },
+    Exited(ExitStatus),
+    Procs { procs: Vec<ProcInfo> },
+    Stat(FileStat),
+    Entries {
+        entries: Vec<FileStat>,
+        /// True when the listing stopped at the entry limit.
+        #[serde(default)]
+        truncated: bool,
+    },
+    Connected,
+    Ok,
+    Error(GuestError),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    /// The agent killed it because its timeout passed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Wall time from start to exit.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub id: String,
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub background: bool,
+    /// Start time, microseconds since the Unix epoch.
+    pub started_micros: u64,
+    /// Set once the process has ended.
+    pub exit: Option<ExitStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileStat {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub kind: FileType,
+    pub size: u64,
+    /// Permission bits (`0o7777` part of `st_mode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Target of a symlink.
+    #[serde(default)]
+    pub link_target: Option<String>,
+}
+
+/// An error reported by the guest. `kind` uses the API's error vocabulary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct GuestError {
+    pub kind: GuestErrorKind,
+    pub message: String,
+}
+
+impl GuestError {
+    pub fn new(kind: GuestErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestErrorKind {
+    InvalidArgument,
+    PermissionDenied,
+    NotFound,
+    Conflict,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
