@@ -1,1 +1,460 @@
-//! placeholder
+//! The container substrate, host side: start a sandbox as a guest agent in
+//! fresh Linux namespaces, limit it with cgroups, pause it with the freezer,
+//! and tear it down leaving nothing behind.
+//!
+//! Per daemon instance (named by an id kept in the state directory) this
+//! holds a host uid/gid range that sandbox root maps to, a cgroup parent
+//! `hull-<instance>`, a user namespace with that mapping, and idmapped
+//! read-only mounts of each template's layers under `<state>/mnt/`. Per
+//! sandbox it creates `<state>/sandboxes/<id>/` (mount point of the writable
+//! layer, the agent's socket) and a cgroup; everything else the sandbox
+//! mounts lives in its own mount namespace and vanishes with it.
+//!
+//! Limits: all sandboxes of one daemon share its uid range (they are kept
+//! apart by their mount, pid and ipc namespaces, not by uids). The writable
+//! layer is a tmpfs: it lives in memory and is lost when the sandbox ends.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hull_api::Limits;
+use hull_fs::{Template, TemplateError, TemplateStore};
+use hull_proto::init::{InitPlan, InitStatus, OverlaySpec, PLAN_FD, STATUS_FD};
+use hull_sys::cgroup::{Cgroup, CgroupLimits, CgroupManager};
+use serde::{Deserialize, Serialize};
+
+/// Size of the uid/gid range each daemon instance maps sandbox ids onto.
+pub const ID_RANGE: u32 = 65536;
+/// How long a sandbox's init may take to report ready.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{what}: {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup setup failed")]
+    Cgroup(#[from] hull_sys::cgroup::CgroupError),
+    #[error("starting the sandbox's init failed")]
+    Spawn(#[from] hull_sys::ns::NsError),
+    #[error("preparing template layers failed")]
+    Mount(#[from] hull_sys::mount::MountError),
+    #[error("sandbox init failed: {0}")]
+    Init(String),
+    #[error("this host cannot run containers: {0}")]
+    Unsupported(String),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContainerError + 'a {
+    move |source| ContainerError::Io { what, path: path.display().to_string(), source }
+}
+
+/// Identity of one daemon instance, kept in `<state>/instance.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    /// 8 lowercase hex digits; names the cgroup parent and (later) nft tables.
+    pub id: String,
+    /// First host uid/gid sandbox root maps to.
+    pub uid_base: u32,
+}
+
+impl Instance {
+    /// Load the instance of `state_dir`, creating it on first use.
+    pub fn load_or_create(state_dir: &Path) -> Result<Self, ContainerError> {
+        let path = state_dir.join("instance.json");
+        if let Ok(text) = fs::read_to_string(&path) {
+            if let Ok(i) = serde_json::from_str::<Instance>(&text) {
+                return Ok(i);
+            }
+        }
+        let mut b = [0u8; 4];
+        getrandom_fill(&mut b);
+        let n = u32::from_be_bytes(b);
+        let id = format!("{n:08x}");
+        // 16384 slots of 65536 ids from 2^30: well above any real user's uid.
+        let uid_base = 0x4000_0000 + (n % 16384) * ID_RANGE;
+        let inst = Instance { id, uid_base };
+        let tmp = state_dir.join("instance.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&inst).unwrap_or_default()).map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("writing", &path))?;
+        Ok(inst)
+    }
+}
+
+fn getrandom_fill(b: &mut [u8]) {
+    if fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(b)).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let x = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = (x >> (i * 8)) as u8;
+        }
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub template: String,
+    pub limits: Limits,
+    pub env: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+}
+
+/// A running container as the host tracks it.
+#[derive(Debug)]
+pub struct Container {
+    pub id: String,
+    /// Host pid of the sandbox's init.
+    pub pid: i32,
+    /// Start time of that pid (clock ticks since boot), to detect pid reuse.
+    pub start_time: u64,
+    pub socket: PathBuf,
+    pub pidfd: OwnedFd,
+    /// Whether `pid` is our child (we must reap it).
+    pub our_child: bool,
+}
+
+impl Container {
+    /// Has its init exited?
+    pub fn exited(&self) -> bool {
+        hull_sys::ns::pidfd_exited(self.pidfd.as_fd())
+    }
+}
+
+/// The substrate for one daemon instance.
+pub struct ContainerHost {
+    state_dir: PathBuf,
+    guest_binary: PathBuf,
+    instance: Instance,
+    userns: OwnedFd,
+    cgroups: CgroupManager,
+    templates: TemplateStore,
+    /// Template name -> lower layer paths (idmapped mounts), prepared once.
+    lowers: Mutex<HashMap<String, Vec<OverlaySpec>>>,
+}
+
+impl ContainerHost {
+    /// Set up the instance: uid range, user namespace, cgroup parent.
+    pub fn open(state_dir: &Path, guest_binary: PathBuf) -> Result<Self, ContainerError> {
+        if !guest_binary.is_file() {
+            return Err(ContainerError::Unsupported(format!(
+                "guest agent binary {} not found (install hull-guest next to hull, or set guest_binary)",
+                guest_binary.display()
+            )));
+        }
+        let s = state_dir.display().to_string();
+        if s.contains([',', ':', '\n']) || s.len() > 60 {
+            return Err(ContainerError::Unsupported(format!(
+                "state directory {s:?} must be an absolute path of at most 60 characters without ',' or ':' (overlayfs options and socket paths are built from it)"
+            )));
+        }
+        for d in ["sandboxes", "mnt"] {
+            let p = state_dir.join(d);
+            fs::DirBuilder::new().recursive(true).mode(0o711).create(&p).map_err(io_err("creating", &p))?;
+        }
+        let instance = Instance::load_or_create(state_dir)?;
+        let userns = hull_sys::ns::userns_fd(instance.uid_base, ID_RANGE)?;
+        let cgroups = CgroupManager::detect(&format!("hull-{}", instance.id))?;
+        Ok(Self {
+            state_dir: state_dir.to_path_buf(),
+            guest_binary,
+            templates: TemplateStore::new(state_dir),
+            instance,
+            userns,
+            cgroups,
+            lowers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+    pub fn templates(&self) -> &TemplateStore {
+        &self.templates
+    }
+    pub fn cgroups(&self) -> &CgroupManager {
+        &self.cgroups
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("sandboxes").join(id)
+    }
+
+    /// Idmapped read-only mounts of a template's layers (made once per daemon
+    /// state directory; they survive daemon restarts and are reused).
+    fn overlays_for(&self, template: &Template) -> Result<Vec<OverlaySpec>, ContainerError> {
+        let mut cache = self.lowers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = cache.get(&template.name) {
+            return Ok(o.clone());
+        }
+        let mut overlays = Vec::new();
+        for (i, layer) in template.layers.iter().enumerate() {
+            let mnt = self.state_dir.join("mnt").join(&template.name).join(i.to_string());
+            fs::DirBuilder::new().recursive(true).mode(0o755).create(&mnt).map_err(io_err("creating", &mnt))?;
+            if !hull_sys::mount::is_mountpoint(&mnt) {
+                hull_sys::mount::idmapped_bind(&layer.source, &mnt, self.userns.as_fd(), true)?;
+            }
+            overlays.push(OverlaySpec { target: layer.target.clone(), lower: vec![mnt] });
+        }
+        cache.insert(template.name.clone(), overlays.clone());
+        Ok(overlays)
+    }
+
+    /// Start a sandbox and wait until its agent listens. Blocking.
+    pub fn create(&self, spec: &ContainerSpec) -> Result<Container, ContainerError> {
+        let template = self.templates.get(&spec.template)?;
+        let overlays = self.overlays_for(&template)?;
+        let dir = self.sandbox_dir(&spec.id);
+        let result = self.start(spec, &template, overlays, &dir);
+        if result.is_err() {
+            let _ = self.cleanup(&spec.id);
+        }
+        result
+    }
+
+    fn start(
+        &self,
+        spec: &ContainerSpec,
+        template: &Template,
+        overlays: Vec<OverlaySpec>,
+        dir: &Path,
+    ) -> Result<Container, ContainerError> {
+        fs::DirBuilder::new().mode(0o711).create(dir).map_err(io_err("creating", dir))?;
+        let rw = dir.join("rw");
+        fs::DirBuilder::new().mode(0o700).create(&rw).map_err(io_err("creating", &rw))?;
+        // The agent (root of the sandbox, an unprivileged uid here) binds its socket in run/.
+        let run = dir.join("run");
+        fs::DirBuilder::new().mode(0o700).create(&run).map_err(io_err("creating", &run))?;
+        std::os::unix::fs::chown(&run, Some(self.instance.uid_base), Some(self.instance.uid_base))
+            .map_err(io_err("chown", &run))?;
+        let socket = run.join("agent.sock");
+
+        let cg = self.cgroups.create(
+            &spec.id,
+            &CgroupLimits { memory_bytes: spec.limits.memory_bytes, cpus: spec.limits.cpus, pids: spec.limits.pids },
+        )?;
+
+        let mut env: Vec<(String, String)> = template.env.clone();
+        for (k, v) in &spec.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let plan = InitPlan {
+            sandbox_id: spec.id.clone(),
+            hostname: spec.id.clone(),
+            sandbox_dir: dir.to_path_buf(),
+            socket_path: socket.clone(),
+            disk_bytes: spec.limits.disk_bytes,
+            overlays,
+            env,
+            user: spec.user.clone(),
+            workdir: spec.workdir.clone(),
+            seccomp: true,
+        };
+        let (plan_r, plan_w) = pipe().map_err(io_err("creating a pipe", dir))?;
+        let (status_r, status_w) = pipe().map_err(io_err("creating a pipe", dir))?;
+        let cg_fd = cg.v2_dir_fd();
+        let argv = [OsStr::new("hull-guest"), OsStr::new("init")];
+        let spawned = hull_sys::ns::spawn(&hull_sys::ns::SpawnSpec {
+            program: &self.guest_binary,
+            argv: &argv,
+            env: &[("HULL_SANDBOX", spec.id.as_str())],
+            namespaces: hull_sys::ns::SANDBOX_NAMESPACES,
+            cgroup: cg_fd.as_ref().map(|f| f.as_fd()),
+            fds: &[(plan_r.as_fd(), PLAN_FD), (status_w.as_fd(), STATUS_FD)],
+        })?;
+        drop(plan_r);
+        drop(status_w);
+        let pid = spawned.pid;
+        let container = Container {
+            id: spec.id.clone(),
+            pid,
+            start_time: hull_sys::ns::process_start_time(pid).unwrap_or(0),
+            socket,
+            pidfd: spawned.pidfd,
+            our_child: true,
+        };
+        let handshake = (|| {
+            if cg_fd.is_none() {
+                cg.add_pid(pid)?;
+            }
+            hull_sys::ns::write_id_maps(pid, self.instance.uid_base, ID_RANGE)?;
+            // Keep the agent out of the OOM killer's way; its children reset this.
+            let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+            let mut w = fs::File::from(plan_w);
+            w.write_all(&serde_json::to_vec(&plan).unwrap_or_default())
+                .map_err(io_err("sending the plan to init", dir))?;
+            drop(w);
+            let status = read_status(status_r)?;
+            if !status.ok {
+                return Err(ContainerError::Init(status.error.unwrap_or_else(|| "unknown error".into())));
+            }
+            Ok(())
+        })();
+        if let Err(e) = handshake {
+            let _ = hull_sys::ns::pidfd_kill(container.pidfd.as_fd(), libc_sigkill());
+            hull_sys::ns::wait_pid(pid);
+            return Err(e);
+        }
+        Ok(container)
+    }
+
+    /// Re-adopt a sandbox after a daemon restart: the process must still be
+    /// the one we started (same pid and start time) and its socket present.
+    pub fn adopt(&self, id: &str, pid: i32, start_time: u64) -> Option<Container> {
+        let socket = self.sandbox_dir(id).join("run").join("agent.sock");
+        if hull_sys::ns::process_start_time(pid)? != start_time || !socket.exists() {
+            return None;
+        }
+        let pidfd = hull_sys::ns::pidfd_open(pid).ok()?;
+        let c = Container { id: id.into(), pid, start_time, socket, pidfd, our_child: false };
+        (!c.exited()).then_some(c)
+    }
+
+    /// Kill a sandbox's processes and remove its cgroup and directory.
+    /// Idempotent; safe on half-created sandboxes. Blocking.
+    pub fn destroy(&self, container: Option<&Container>) -> Result<(), ContainerError> {
+        if let Some(c) = container {
+            let _ = hull_sys::ns::pidfd_kill(c.pidfd.as_fd(), libc_sigkill());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !c.exited() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if c.our_child {
+                hull_sys::ns::wait_pid(c.pid);
+            }
+            return self.cleanup(&c.id);
+        }
+        Ok(())
+    }
+
+    /// Reap our child if it exited (after it died on its own).
+    pub fn reap(&self, c: &Container) {
+        if c.our_child {
+            let _ = hull_sys::ns::try_wait_pid(c.pid);
+        }
+    }
+
+    /// Remove what a sandbox left on the host: processes in its cgroup, the
+    /// cgroup, its directory. Idempotent.
+    pub fn cleanup(&self, id: &str) -> Result<(), ContainerError> {
+        if let Some(cg) = self.cgroups.open(id)? {
+            let _ = cg.kill_all();
+            cg.remove()?;
+        }
+        let dir = self.sandbox_dir(id);
+        // Mounts live in the sandbox's mount namespace; this only matters if
+        // something leaked into ours.
+        hull_sys::mount::unmount_all_under(&dir);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {
+                what: "removing",
+                path: dir.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ids with a directory or cgroup on the host (for startup cleanup).
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.state_dir.join("sandboxes"))
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        ids.extend(self.cgroups.list().unwrap_or_default());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn cgroup(&self, id: &str) -> Result<Cgroup, ContainerError> {
+        self.cgroups.open(id)?.ok_or_else(|| ContainerError::Init(format!("cgroup of {id} is gone")))
+    }
+
+    pub fn freeze(&self, id: &str) -> Result<(), ContainerError> {
+        Ok(self.cgroup(id)?.freeze()?)
+    }
+
+    pub fn thaw(&self, id: &str) -> Result<(), ContainerError> {
+        Ok(self.cgroup(id)?.thaw()?)
+    }
+
+    /// How many processes the OOM killer has killed in the sandbox so far.
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        self.cgroups.open(id).ok().flatten().and_then(|c| c.oom_kills().ok()).unwrap_or(0)
+    }
+
+    /// Remove everything this instance made on the host: every sandbox's
+    /// processes and cgroup, the cgroup parent, the template mounts, the
+    /// built templates, the sandbox directories.
+    pub fn reset(&self) -> Result<Vec<String>, ContainerError> {
+        let mut removed = Vec::new();
+        for id in self.leftovers() {
+            self.cleanup(&id)?;
+            removed.push(format!("sandbox {id}"));
+        }
+        self.cgroups.remove_all()?;
+        removed.push(format!("cgroup parent hull-{}", self.instance.id));
+        let mnt = self.state_dir.join("mnt");
+        let n = hull_sys::mount::unmount_all_under(&mnt);
+        if n > 0 {
+            removed.push(format!("{n} template mounts"));
+        }
+        self.lowers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let _ = fs::remove_dir_all(&mnt);
+        let _ = fs::DirBuilder::new().mode(0o711).create(&mnt);
+        self.templates.clear().map_err(io_err("removing templates", &self.state_dir))?;
+        Ok(removed)
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    nix::sys::signal::Signal::SIGKILL as i32
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(io::Error::from)
+}
+
+fn read_status(fd: OwnedFd) -> Result<InitStatus, ContainerError> {
+    // The pipe closes when init reports or dies; bound the wait anyway.
+    let mut f = fs::File::from(fd);
+    let deadline = Instant::now() + INIT_TIMEOUT;
+    let mut buf = Vec::new();
+    let mut pfd = [rustix::event::PollFd::new(&f, rustix::event::PollFlags::IN)];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ContainerError::Init(format!("init did not report within {INIT_TIMEOUT:?}")));
+        }
+        let ts = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
+        match rustix::event::poll(&mut pfd, Some(&ts)) {
+            Ok(0) => continue,
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(ContainerError::Init(format!("waiting for init: {e}"))),
+        }
+    }
+    let _ = pfd;
+    f.read_to_end(&mut buf).map_err(|e| ContainerError::Init(format!("reading init's status: {e}")))?;
+    if buf.is_empty() {
+        return Err(ContainerError::Init("init exited before reporting (see the daemon log)".into()));
+    }
+    serde_json::from_slice(&buf).map_err(|e| ContainerError::Init(format!("malformed status from init: {e}")))
+}

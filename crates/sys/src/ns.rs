@@ -1,0 +1,296 @@
+//! Namespaces: spawning a process straight into new namespaces with
+//! `clone3`, writing user-namespace id maps, and holding a user namespace
+//! for idmapped mounts.
+//!
+//! [`spawn`] is the one place hull forks. The daemon is multi-threaded, so
+//! the child runs only async-signal-safe calls (`dup2`, `sigprocmask`,
+//! `execve`, `_exit`) between `clone3` and `execve`; everything it needs is
+//! prepared by the parent before the fork.
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Errors of namespace operations.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("clone3 failed")]
+    Clone(#[source] io::Error),
+    #[error("argument contains a NUL byte: {0:?}")]
+    Nul(String),
+    #[error("writing {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(io::Error) -> NsError {
+    move |source| NsError::Sys { what, source }
+}
+
+/// Namespaces a sandbox gets: user, mount, pid, uts, ipc, net.
+/// (The cgroup namespace is entered by the child after it has been placed
+/// in its cgroup, so its root is that cgroup on v1 hosts too.)
+pub const SANDBOX_NAMESPACES: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET) as u64;
+
+/// What to start.
+pub struct SpawnSpec<'a> {
+    pub program: &'a Path,
+    pub argv: &'a [&'a OsStr],
+    pub env: &'a [(&'a str, &'a str)],
+    /// `CLONE_NEW*` flags.
+    pub namespaces: u64,
+    /// Start in this cgroup v2 directory (`CLONE_INTO_CGROUP`).
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// Descriptors to hand over: `(fd in parent, number in child)`. Targets
+    /// must be >= 3 and distinct. Everything else is closed on exec.
+    pub fds: &'a [(BorrowedFd<'a>, RawFd)],
+}
+
+/// A started child.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    /// A pidfd for the child: poll it for exit, signal it without pid reuse races.
+    pub pidfd: OwnedFd,
+}
+
+fn cstring(b: &[u8]) -> Result<CString, NsError> {
+    CString::new(b).map_err(|_| NsError::Nul(String::from_utf8_lossy(b).into_owned()))
+}
+
+/// Fork a child straight into new namespaces (and a cgroup) and exec `spec.program`.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
+    // Everything the child touches is built here, before the fork.
+    let program = cstring(spec.program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+
+    // Move the handed-over fds above any target number, so dup2 in the child
+    // can never clobber a source it has yet to copy.
+    let mut moved: Vec<(OwnedFd, RawFd)> = Vec::with_capacity(spec.fds.len());
+    for (fd, target) in spec.fds {
+        // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed fd returns a new fd we own.
+        let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+        if high < 0 {
+            return Err(NsError::Sys { what: "duplicating a descriptor for the child", source: io::Error::last_os_error() });
+        }
+        // SAFETY: `high` was just returned by fcntl and is owned by nobody else.
+        moved.push((unsafe { OwnedFd::from_raw_fd(high) }, *target));
+    }
+    let pairs: Vec<(RawFd, RawFd)> = moved.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: clone_args is a plain C struct; all-zero is its documented default.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = spec.namespaces | libc::CLONE_PIDFD as u64;
+    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    if let Some(cg) = spec.cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
+
+    // SAFETY: clone3 without CLONE_VM gives the child a copy of our address
+    // space. In the child we only call async-signal-safe functions on data
+    // prepared above, then execve or _exit; we never return into Rust code.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if ret < 0 {
+        return Err(NsError::Clone(io::Error::last_os_error()));
+    }
+    if ret == 0 {
+        // Child.
+        // SAFETY: async-signal-safe calls only (see above).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            for &(src, dst) in &pairs {
+                if libc::dup2(src, dst) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd owned by us.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Spawned { pid: ret as i32, pidfd })
+}
+
+/// Map `0..count` inside the user namespace of `pid` to `base..base+count` outside.
+pub fn write_id_maps(pid: i32, base: u32, count: u32) -> Result<(), NsError> {
+    let line = format!("0 {base} {count}\n");
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{file}");
+        fs::write(&path, &line).map_err(|source| NsError::Write { path, source })?;
+    }
+    Ok(())
+}
+
+/// A user namespace with the mapping `0..count -> base..base+count`, held by
+/// an fd (for idmapped mounts). The helper process that created it is gone
+/// by the time this returns.
+pub fn userns_fd(base: u32, count: u32) -> Result<OwnedFd, NsError> {
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: as in `spawn`: plain struct, zeroed is its default.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = libc::CLONE_NEWUSER as u64 | libc::CLONE_PIDFD as u64;
+    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    // SAFETY: the child only calls pause()/_exit(), both async-signal-safe.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if ret < 0 {
+        return Err(NsError::Clone(io::Error::last_os_error()));
+    }
+    if ret == 0 {
+        // SAFETY: async-signal-safe only; the parent kills us.
+        unsafe {
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let pid = ret as i32;
+    // SAFETY: CLONE_PIDFD stored a pidfd we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let result = write_id_maps(pid, base, count).and_then(|_| {
+        fs::File::open(format!("/proc/{pid}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(sys_err("opening the helper's user namespace"))
+    });
+    let _ = pidfd_kill(pidfd_borrow(&pidfd), libc::SIGKILL);
+    wait_pid(pid);
+    result
+}
+
+fn pidfd_borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    fd.as_fd()
+}
+
+/// Send `signal` through a pidfd (no pid-reuse race).
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid fd, a null siginfo and no flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Open a pidfd for an existing process (re-adoption after a daemon restart).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; a non-negative result is a new fd.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Has the process behind `pidfd` exited? (Never blocks.)
+pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one valid pollfd with a zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0
+}
+
+/// Reap `pid` if it is our child and has exited (blocking). Ignores errors
+/// (e.g. when it was not our child, or another reaper took it).
+pub fn wait_pid(pid: i32) {
+    let mut status = 0;
+    // SAFETY: waitpid on a specific pid with a valid status pointer.
+    unsafe {
+        while libc::waitpid(pid, &mut status, libc::__WALL) < 0 {
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+    }
+}
+
+/// Reap `pid` if it has exited; `Some(raw status)` when it did.
+pub fn try_wait_pid(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: non-blocking waitpid on a specific pid with a valid status pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+    (r == pid).then_some(status)
+}
+
+/// Start time of a process in clock ticks since boot (`/proc/PID/stat` field 22):
+/// with the pid it identifies a process across pid reuse.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let t = process_start_time(std::process::id() as i32);
+        assert!(t.is_some());
+        assert_eq!(process_start_time(-5), None);
+    }
+}
+
+/// `CLONE_INTO_CGROUP` (libc's constant has the wrong width).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Take ownership of a descriptor inherited from the parent by number
+/// (e.g. init's plan and status pipes), marking it close-on-exec.
+/// `None` when no such descriptor is open.
+pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: set FD_CLOEXEC on an open descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open and, by the caller's contract, nothing
+    // else in this process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
