@@ -4,10 +4,10 @@
 #![allow(unsafe_code)]
 
 pub mod caps;
+pub mod cgroup;
 pub mod mount;
 pub mod net;
 pub mod ns;
-pub mod cgroup;
-pub mod seccomp;
-pub mod pty;
 pub mod process;
+pub mod pty;
+pub mod seccomp;

@@ -27,10 +27,19 @@ pub enum MountError {
 /// on disk appears owned by whatever `k` maps to in `userns` (so with the
 /// mapping `0 -> base`, host root's files appear as root inside sandboxes
 /// whose user namespace maps `0 -> base`).
-pub fn idmapped_bind(src: &Path, dst: &Path, userns: BorrowedFd<'_>, readonly: bool) -> Result<(), MountError> {
+pub fn idmapped_bind(
+    src: &Path,
+    dst: &Path,
+    userns: BorrowedFd<'_>,
+    readonly: bool,
+) -> Result<(), MountError> {
     let err = |what: &'static str, p: &Path| {
         let path = p.display().to_string();
-        move |e: rustix::io::Errno| MountError::Sys { what, path, source: e.into() }
+        move |e: rustix::io::Errno| MountError::Sys {
+            what,
+            path,
+            source: e.into(),
+        }
     };
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
@@ -65,8 +74,14 @@ pub fn idmapped_bind(src: &Path, dst: &Path, userns: BorrowedFd<'_>, readonly: b
             source: io::Error::last_os_error(),
         });
     }
-    rustix::mount::move_mount(tree.as_fd(), "", rustix::fs::CWD, dst, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-        .map_err(err("attaching the idmapped mount at", dst))?;
+    rustix::mount::move_mount(
+        tree.as_fd(),
+        "",
+        rustix::fs::CWD,
+        dst,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(err("attaching the idmapped mount at", dst))?;
     Ok(())
 }
 
@@ -113,7 +128,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;

@@ -79,7 +79,11 @@ fn cstring(b: &[u8]) -> Result<CString, NsError> {
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
     // Everything the child touches is built here, before the fork.
     let program = cstring(spec.program.as_os_str().as_bytes())?;
-    let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
     let env: Vec<CString> = spec
         .env
         .iter()
@@ -97,7 +101,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
         // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed fd returns a new fd we own.
         let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
         if high < 0 {
-            return Err(NsError::Sys { what: "duplicating a descriptor for the child", source: io::Error::last_os_error() });
+            return Err(NsError::Sys {
+                what: "duplicating a descriptor for the child",
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: `high` was just returned by fcntl and is owned by nobody else.
         moved.push((unsafe { OwnedFd::from_raw_fd(high) }, *target));
@@ -146,7 +153,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
     }
     // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd owned by us.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok(Spawned { pid: ret as i32, pidfd })
+    Ok(Spawned {
+        pid: ret as i32,
+        pidfd,
+    })
 }
 
 /// Map `0..count` inside the user namespace of `pid` to `base..base+count` outside.
@@ -210,9 +220,19 @@ fn pidfd_borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
 pub fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     // SAFETY: pidfd_send_signal with a valid fd, a null siginfo and no flags.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Open a pidfd for an existing process (re-adoption after a daemon restart).
@@ -228,7 +248,11 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Has the process behind `pidfd` exited? (Never blocks.)
 pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: poll on one valid pollfd with a zero timeout.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     r > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0

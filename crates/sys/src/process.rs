@@ -38,14 +38,21 @@ pub struct ChildSetup {
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Install `setup` as `cmd`'s pre-exec hook. The child always starts a new
 /// session (`setsid`), so its pid is also its process group id.
 pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
-    let groups: Vec<libc::gid_t> =
-        setup.credentials.as_ref().map(|c| c.groups.iter().map(|&g| g as libc::gid_t).collect()).unwrap_or_default();
+    let groups: Vec<libc::gid_t> = setup
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.iter().map(|&g| g as libc::gid_t).collect())
+        .unwrap_or_default();
     let hook = move || -> io::Result<()> {
         // SAFETY: setsid has no memory-safety preconditions.
         check(unsafe { libc::setsid() })?;
@@ -56,7 +63,12 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
         // Best effort: the agent itself may be protected from the OOM killer;
         // its children must not be.
         // SAFETY: the path is a NUL-terminated literal; the fd is closed below.
-        let fd = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
         if fd >= 0 {
             // SAFETY: writing one byte from a static buffer to the fd we opened, then closing it.
             unsafe {
@@ -93,7 +105,10 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
 /// own group" or "every process we may signal".
 pub fn signal_process_group(pgid: i32, signal: i32) -> io::Result<()> {
     if pgid <= 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal process group {pgid}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
     }
     if !(0..=64).contains(&signal) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -112,7 +127,13 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "pwd; read -r l < /proc/$$/stat; echo \"$l\""]);
         cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        prepare(&mut cmd, ChildSetup { cwd: Some(CString::new("/tmp").unwrap()), ..Default::default() });
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                cwd: Some(CString::new("/tmp").unwrap()),
+                ..Default::default()
+            },
+        );
         let child = cmd.spawn().unwrap();
         let pid = child.id().to_string();
         let out = child.wait_with_output().unwrap();
@@ -120,7 +141,12 @@ mod tests {
         let (cwd, stat) = text.split_once('\n').unwrap();
         assert_eq!(cwd, "/tmp");
         // Fields after the command name: state ppid pgrp session ...
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         assert_eq!(fields[2], pid, "process group: {stat}");
         assert_eq!(fields[3], pid, "session: {stat}");
     }
@@ -128,7 +154,13 @@ mod tests {
     #[test]
     fn a_failing_step_fails_the_spawn() {
         let mut cmd = Command::new("/bin/true");
-        prepare(&mut cmd, ChildSetup { cwd: Some(CString::new("/nonexistent/dir").unwrap()), ..Default::default() });
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                cwd: Some(CString::new("/nonexistent/dir").unwrap()),
+                ..Default::default()
+            },
+        );
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }

@@ -34,7 +34,12 @@ pub fn open(rows: u16, cols: u16) -> io::Result<Pty> {
 /// Set the window size of the terminal behind `fd` (`TIOCSWINSZ`); the
 /// foreground process group gets `SIGWINCH`.
 pub fn set_window_size<Fd: AsFd>(fd: Fd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     rustix::termios::tcsetwinsize(fd, ws)?;
     Ok(())
 }
