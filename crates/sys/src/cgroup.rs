@@ -138,11 +138,7 @@ pub fn parse_mountinfo(text: &str) -> Mounts {
         }
         let mountpoint = PathBuf::from(unescape(pre[4]));
         match post[0] {
-            "cgroup2" => {
-                if m.v2.is_none() {
-                    m.v2 = Some(mountpoint);
-                }
-            }
+            "cgroup2" if m.v2.is_none() => m.v2 = Some(mountpoint),
             "cgroup" => {
                 for opt in post[2].split(',') {
                     if matches!(opt, "memory" | "cpu" | "pids" | "freezer") {

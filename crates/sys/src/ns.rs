@@ -289,18 +289,6 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_time_of_self() {
-        let t = process_start_time(std::process::id() as i32);
-        assert!(t.is_some());
-        assert_eq!(process_start_time(-5), None);
-    }
-}
-
 /// `CLONE_INTO_CGROUP` (libc's constant has the wrong width).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -317,4 +305,16 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: the descriptor is open and, by the caller's contract, nothing
     // else in this process owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let t = process_start_time(std::process::id() as i32);
+        assert!(t.is_some());
+        assert_eq!(process_start_time(-5), None);
+    }
 }
