@@ -20,7 +20,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -247,7 +247,7 @@ impl ContainerHost {
 
         let cg = self.cgroups.create(
             &spec.id,
-            &CgroupLimits { memory_bytes: spec.limits.memory_bytes, cpus: spec.limits.cpus, pids: spec.limits.pids },
+            &CgroupLimits { memory_bytes: spec.limits.memory_bytes, cpus: spec.limits.cpus, pids: u64::from(spec.limits.pids) },
         )?;
 
         let mut env: Vec<(String, String)> = template.env.clone();
@@ -269,6 +269,17 @@ impl ContainerHost {
         };
         let (plan_r, plan_w) = pipe().map_err(io_err("creating a pipe", dir))?;
         let (status_r, status_w) = pipe().map_err(io_err("creating a pipe", dir))?;
+        let (go_r, go_w) = pipe().map_err(io_err("creating a pipe", dir))?;
+        // The guest's own diagnostics go to a file in the sandbox directory,
+        // never to the daemon's stdio (a sandbox must not hold its terminal).
+        let null = fs::File::open("/dev/null").map_err(io_err("opening", Path::new("/dev/null")))?;
+        let log_path = dir.join("guest.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(io_err("creating", &log_path))?;
         let cg_fd = cg.v2_dir_fd();
         let argv = [OsStr::new("hull-guest"), OsStr::new("init")];
         let spawned = hull_sys::ns::spawn(&hull_sys::ns::SpawnSpec {
@@ -277,8 +288,17 @@ impl ContainerHost {
             env: &[("HULL_SANDBOX", spec.id.as_str())],
             namespaces: hull_sys::ns::SANDBOX_NAMESPACES,
             cgroup: cg_fd.as_ref().map(|f| f.as_fd()),
-            fds: &[(plan_r.as_fd(), PLAN_FD), (status_w.as_fd(), STATUS_FD)],
+            fds: &[
+                (null.as_fd(), 0),
+                (log.as_fd(), 1),
+                (log.as_fd(), 2),
+                (plan_r.as_fd(), PLAN_FD),
+                (status_w.as_fd(), STATUS_FD),
+            ],
+            wait_before_exec: Some(go_r.as_fd()),
+            become_root: true,
         })?;
+        drop(go_r);
         drop(plan_r);
         drop(status_w);
         let pid = spawned.pid;
@@ -297,6 +317,8 @@ impl ContainerHost {
             hull_sys::ns::write_id_maps(pid, self.instance.uid_base, ID_RANGE)?;
             // Keep the agent out of the OOM killer's way; its children reset this.
             let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+            // Maps and cgroups are in place: let the child exec.
+            fs::File::from(go_w).write_all(b"x").map_err(io_err("releasing init", dir))?;
             let mut w = fs::File::from(plan_w);
             w.write_all(&serde_json::to_vec(&plan).unwrap_or_default())
                 .map_err(io_err("sending the plan to init", dir))?;

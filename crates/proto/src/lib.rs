@@ -30,6 +30,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod client;
 pub mod init;
 pub mod messages;
 pub use messages::*;

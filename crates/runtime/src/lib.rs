@@ -565,7 +565,8 @@ impl Runtime {
             r.sandbox.state = SandboxState::Running;
             r.sandbox.pid = Some(container.pid);
             r.start_time = container.start_time;
-            push_event(&mut r, "created", format!("started from template {}", r.sandbox.template));
+            let msg = format!("started from template {}", r.sandbox.template);
+            push_event(&mut r, "created", msg);
         }
         entry.set_container(Some(container));
         entry.set_client(Some(client));

@@ -58,9 +58,20 @@ pub struct SpawnSpec<'a> {
     pub namespaces: u64,
     /// Start in this cgroup v2 directory (`CLONE_INTO_CGROUP`).
     pub cgroup: Option<BorrowedFd<'a>>,
-    /// Descriptors to hand over: `(fd in parent, number in child)`. Targets
-    /// must be >= 3 and distinct. Everything else is closed on exec.
+    /// Descriptors to hand over: `(fd in parent, number in child)`, stdio
+    /// included. Targets must be distinct. Everything else is closed on
+    /// exec; unlisted stdio descriptors stay as inherited.
     pub fds: &'a [(BorrowedFd<'a>, RawFd)],
+    /// Block the child before `execve` until one byte can be read from
+    /// this descriptor (the read end of a pipe); the child exits with
+    /// status 125 if the pipe closes first. The parent uses the pause to
+    /// write id maps and join cgroups: a process whose uid is unmapped
+    /// when it execs loses its capabilities in the new user namespace.
+    pub wait_before_exec: Option<BorrowedFd<'a>>,
+    /// After the wait, switch to uid/gid 0 of the new user namespace (the
+    /// parent must have mapped them), so the program starts as root there
+    /// with its full capability set.
+    pub become_root: bool,
 }
 
 /// A started child.
@@ -110,6 +121,23 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
         moved.push((unsafe { OwnedFd::from_raw_fd(high) }, *target));
     }
     let pairs: Vec<(RawFd, RawFd)> = moved.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    let wait_fd: Option<OwnedFd> = match spec.wait_before_exec {
+        Some(fd) => {
+            // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed fd returns a new fd we own.
+            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+            if high < 0 {
+                return Err(NsError::Sys {
+                    what: "duplicating a descriptor for the child",
+                    source: io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: `high` was just returned by fcntl and is owned by nobody else.
+            Some(unsafe { OwnedFd::from_raw_fd(high) })
+        }
+        None => None,
+    };
+    let become_root = spec.become_root;
+    let wait_raw: RawFd = wait_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
 
     let mut pidfd: libc::c_int = -1;
     // SAFETY: clone_args is a plain C struct; all-zero is its documented default.
@@ -142,6 +170,25 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if wait_raw >= 0 {
+                let mut b = 0u8;
+                loop {
+                    let n = libc::read(wait_raw, (&mut b as *mut u8).cast(), 1);
+                    if n == 1 {
+                        break;
+                    }
+                    if n == 0 || *libc::__errno_location() != libc::EINTR {
+                        libc::_exit(125);
+                    }
+                }
+            }
+            if become_root
+                && (libc::setresgid(0, 0, 0) != 0
+                    || libc::setresuid(0, 0, 0) != 0
+                    || libc::setgroups(0, std::ptr::null()) != 0)
+            {
+                libc::_exit(124);
+            }
             for &(src, dst) in &pairs {
                 if libc::dup2(src, dst) < 0 {
                     libc::_exit(126);

@@ -43,6 +43,25 @@ pub fn guest_binary() -> PathBuf {
 pub struct Kit {
     pub rt: Arc<Runtime>,
     pub dir: tempfile::TempDir,
+    finished: bool,
+}
+
+impl Drop for Kit {
+    /// A test that failed before `finish` still removes what it made.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let rt = self.rt.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(tokio) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            tokio.block_on(async {
+                let _ = rt.system_reset().await;
+                rt.shutdown().await;
+            });
+        })
+        .join();
+    }
 }
 
 impl Kit {
@@ -55,7 +74,7 @@ impl Kit {
         })
         .await
         .expect("runtime opens");
-        Kit { rt, dir }
+        Kit { rt, dir, finished: false }
     }
 
     /// Reopen the runtime on the same state directory (a daemon restart).
@@ -92,12 +111,12 @@ impl Kit {
     }
 
     /// Reset everything and assert the host holds nothing of this instance.
-    pub async fn finish(self) {
+    pub async fn finish(mut self) {
         let state = self.dir.path().to_path_buf();
         let instance = self.rt.host_info().instance_id;
         self.rt.system_reset().await.expect("reset");
         self.rt.shutdown().await;
-        drop(self.rt);
+        self.finished = true;
         assert_clean(&state, &instance);
     }
 }

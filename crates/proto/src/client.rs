@@ -1,0 +1,516 @@
+//! The host side of the protocol: one async client per guest agent socket.
+//!
+//! Each operation opens its own connection (see the crate docs), so a
+//! [`GuestClient`] is just the socket path and the negotiated version; it is
+//! cheap to share. Streams (file content, tar archives, process output, TCP)
+//! are returned as readers or handles that own their connection.
+//!
+//! Limits: no retries and no timeouts here: callers bound what they wait for.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::{
+    CHUNK, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, MAX_FRAME, MIN_PROTOCOL_VERSION, Op,
+    PROTOCOL_VERSION, ProcInfo, ProtoError, Request, Response, negotiate, read_frame, write_frame,
+};
+
+/// What can go wrong talking to a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The guest answered with an error.
+    #[error("{}", .0.message)]
+    Guest(GuestError),
+    #[error("cannot reach the guest agent at {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("the guest speaks protocol versions {min}..={max}; this host speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}")]
+    Version { min: u32, max: u32 },
+    #[error("unexpected answer from the guest: {0}")]
+    Unexpected(String),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Proto(ProtoError::Io(e))
+    }
+}
+
+/// A reader of bytes the guest streams to us.
+pub type ByteStream = Pin<Box<dyn AsyncRead + Send + 'static>>;
+
+/// A client for one guest agent.
+#[derive(Debug, Clone)]
+pub struct GuestClient {
+    socket: PathBuf,
+    version: u32,
+    agent: String,
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Error(e) => ClientError::Guest(e),
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+async fn recv(conn: &mut (impl AsyncRead + Unpin)) -> Result<Response, ClientError> {
+    let f = read_frame(conn).await?;
+    Ok(f.parse()?)
+}
+
+impl GuestClient {
+    /// Connect, learn the guest's protocol range and pick a version.
+    pub async fn connect(socket: &Path) -> Result<GuestClient, ClientError> {
+        let mut conn = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
+        let hello = Request::new(Op::Hello { min: MIN_PROTOCOL_VERSION, max: PROTOCOL_VERSION });
+        write_frame(&mut conn, &Frame::control(&hello)?).await?;
+        match recv(&mut conn).await? {
+            Response::Hello { min, max, agent } => {
+                let version = negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), (min, max))
+                    .ok_or(ClientError::Version { min, max })?;
+                Ok(GuestClient { socket: socket.to_path_buf(), version, agent })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The protocol version used with this guest.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The guest agent's build version.
+    pub fn agent_version(&self) -> &str {
+        &self.agent
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Open a connection and send `op`.
+    async fn open(&self, op: Op) -> Result<UnixStream, ClientError> {
+        let mut conn = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let req = Request { v: self.version, op };
+        write_frame(&mut conn, &Frame::control(&req)?).await?;
+        Ok(conn)
+    }
+
+    /// Send `op` and expect a single answer.
+    async fn call(&self, op: Op) -> Result<Response, ClientError> {
+        let mut conn = self.open(op).await?;
+        match recv(&mut conn).await? {
+            Response::Error(e) => Err(ClientError::Guest(e)),
+            r => Ok(r),
+        }
+    }
+
+    async fn call_ok(&self, op: Op) -> Result<(), ClientError> {
+        match self.call(op).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Start a process; returns once the guest reports it started.
+    pub async fn exec(&self, spec: ExecSpec) -> Result<ExecHandle, ClientError> {
+        let conn = self.open(Op::Exec(spec)).await?;
+        ExecHandle::started(conn).await
+    }
+
+    /// Reattach to a background process (replaying buffered output first).
+    pub async fn attach(&self, id: &str, replay: bool) -> Result<ExecHandle, ClientError> {
+        let conn = self.open(Op::Attach { id: id.to_string(), replay }).await?;
+        ExecHandle::started(conn).await
+    }
+
+    pub async fn procs(&self) -> Result<Vec<ProcInfo>, ClientError> {
+        match self.call(Op::Procs).await? {
+            Response::Procs { procs } => Ok(procs),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn signal(&self, id: &str, signal: i32) -> Result<(), ClientError> {
+        self.call_ok(Op::Signal { id: id.to_string(), signal }).await
+    }
+
+    /// A file's metadata and a reader of (part of) its content.
+    pub async fn read(&self, path: &str, offset: u64, limit: Option<u64>) -> Result<(FileStat, ByteStream), ClientError> {
+        let mut conn = self.open(Op::Read { path: path.to_string(), offset, limit }).await?;
+        match recv(&mut conn).await? {
+            Response::Stat(st) => Ok((st, data_reader(conn, None))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Replace a file atomically with what `body` yields.
+    pub async fn write(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        parents: bool,
+        max_bytes: Option<u64>,
+        body: impl AsyncRead + Send + Unpin,
+    ) -> Result<FileStat, ClientError> {
+        let conn = self.open(Op::Write { path: path.to_string(), mode, parents, max_bytes }).await?;
+        match upload(conn, body).await? {
+            Response::Stat(st) => Ok(st),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
+        match self.call(Op::Stat { path: path.to_string() }).await? {
+            Response::Stat(st) => Ok(st),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Entries under `path`, `depth` levels deep, and whether the list was cut.
+    pub async fn list(&self, path: &str, depth: u32) -> Result<(Vec<FileStat>, bool), ClientError> {
+        match self.call(Op::List { path: path.to_string(), depth }).await? {
+            Response::Entries { entries, truncated } => Ok((entries, truncated)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<(), ClientError> {
+        self.call_ok(Op::Mkdir { path: path.to_string(), parents, mode }).await
+    }
+
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
+        self.call_ok(Op::Remove { path: path.to_string(), recursive }).await
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
+        self.call_ok(Op::Rename { from: from.to_string(), to: to.to_string() }).await
+    }
+
+    /// A tar stream of a file or directory.
+    pub async fn tar_get(&self, path: &str) -> Result<ByteStream, ClientError> {
+        let mut conn = self.open(Op::TarGet { path: path.to_string() }).await?;
+        // The first frame is data (or an error).
+        let first = read_frame(&mut conn).await?;
+        match first {
+            Frame::Control(_) => Err(unexpected(first.parse()?)),
+            Frame::Data(d) => Ok(data_reader(conn, Some(d))),
+            Frame::Eof => Ok(Box::pin(tokio::io::empty())),
+            other => Err(ClientError::Unexpected(format!("a {} frame", other.kind_name()))),
+        }
+    }
+
+    /// Unpack a tar stream into a directory.
+    pub async fn tar_put(
+        &self,
+        path: &str,
+        max_bytes: Option<u64>,
+        body: impl AsyncRead + Send + Unpin,
+    ) -> Result<(), ClientError> {
+        let conn = self.open(Op::TarPut { path: path.to_string(), max_bytes }).await?;
+        match upload(conn, body).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A byte stream to a TCP port on the sandbox's loopback.
+    pub async fn connect_tcp(&self, port: u16) -> Result<TcpTunnel, ClientError> {
+        let mut conn = self.open(Op::Connect { port, host: None }).await?;
+        match recv(&mut conn).await? {
+            Response::Connected => Ok(TcpTunnel::new(conn)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// Send `body` as data frames and an EOF, then read the answer. If the
+/// guest stops reading (it refused the upload), its answer wins.
+async fn upload(conn: UnixStream, mut body: impl AsyncRead + Send + Unpin) -> Result<Response, ClientError> {
+    let (mut rd, mut wr) = conn.into_split();
+    let mut buf = vec![0u8; CHUNK];
+    let sent: Result<(), ClientError> = async {
+        loop {
+            let n = body.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            write_frame(&mut wr, &Frame::Data(buf[..n].to_vec())).await?;
+        }
+        write_frame(&mut wr, &Frame::Eof).await?;
+        Ok(())
+    }
+    .await;
+    match (sent, recv(&mut rd).await) {
+        (_, Ok(Response::Error(e))) => Err(ClientError::Guest(e)),
+        (Ok(()), Ok(r)) => Ok(r),
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+    }
+}
+
+/// Turn `Data` frames up to `Eof` into a byte stream (after `first`, if
+/// any). A guest error or a connection that ends early becomes an I/O error
+/// of the reader, never silently short data.
+fn data_reader(conn: UnixStream, first: Option<Vec<u8>>) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+    tokio::spawn(async move {
+        let mut conn = conn;
+        if let Some(d) = first
+            && tx.send(Ok(d)).await.is_err()
+        {
+            return;
+        }
+        loop {
+            let item = match read_frame(&mut conn).await {
+                Ok(Frame::Data(d)) => Ok(d),
+                Ok(Frame::Eof) => return,
+                Ok(f @ Frame::Control(_)) => Err(match f.parse::<Response>() {
+                    Ok(Response::Error(e)) => io::Error::other(e.message),
+                    _ => io::Error::other("unexpected message in a data stream"),
+                }),
+                Ok(other) => Err(io::Error::other(format!("unexpected {} frame in a data stream", other.kind_name()))),
+                Err(ProtoError::Closed) => {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the guest closed the stream before its end"))
+                }
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    Box::pin(ChanReader { rx, buf: Vec::new(), pos: 0 })
+}
+
+struct ChanReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl AsyncRead for ChanReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while self.pos >= self.buf.len() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(d))) => {
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = out.remaining().min(self.buf.len() - self.pos);
+        let pos = self.pos;
+        out.put_slice(&self.buf[pos..pos + n]);
+        self.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Output of a process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecOutput {
+    Stdout { ts_micros: u64, data: Vec<u8> },
+    Stderr { ts_micros: u64, data: Vec<u8> },
+    Exited(ExitStatus),
+}
+
+/// A running process: its output, and input to it.
+pub struct ExecHandle {
+    pub id: String,
+    pub pid: i32,
+    input: ExecInputHalf,
+    output: ExecOutputHalf,
+}
+
+impl ExecHandle {
+    async fn started(mut conn: UnixStream) -> Result<ExecHandle, ClientError> {
+        match recv(&mut conn).await? {
+            Response::Started { id, pid } => {
+                let (rd, wr) = conn.into_split();
+                Ok(ExecHandle {
+                    input: ExecInputHalf { wr: Some(wr) },
+                    output: ExecOutputHalf { id: id.clone(), pid, rd, done: false },
+                    id,
+                    pid,
+                })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.input.stdin(data).await
+    }
+    pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
+        self.input.close_stdin().await
+    }
+    pub async fn signal(&mut self, signal: i32) -> Result<(), ClientError> {
+        self.input.signal(signal).await
+    }
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.input.resize(rows, cols).await
+    }
+    pub async fn next(&mut self) -> Result<ExecOutput, ClientError> {
+        self.output.next().await
+    }
+    /// Separate input and output, to drive them from different tasks.
+    pub fn split(self) -> (ExecInputHalf, ExecOutputHalf) {
+        (self.input, self.output)
+    }
+}
+
+/// Sends stdin, signals and resizes to a process.
+pub struct ExecInputHalf {
+    wr: Option<OwnedWriteHalf>,
+}
+
+impl ExecInputHalf {
+    fn wr(&mut self) -> Result<&mut OwnedWriteHalf, ClientError> {
+        self.wr.as_mut().ok_or_else(|| ClientError::Unexpected("the connection is closed".into()))
+    }
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(CHUNK) {
+            write_frame(self.wr()?, &Frame::Data(chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+    pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
+        write_frame(self.wr()?, &Frame::Eof).await?;
+        Ok(())
+    }
+    pub async fn signal(&mut self, signal: i32) -> Result<(), ClientError> {
+        write_frame(self.wr()?, &Frame::control(&ExecInput::Signal { signal })?).await?;
+        Ok(())
+    }
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        write_frame(self.wr()?, &Frame::control(&ExecInput::Resize { rows, cols })?).await?;
+        Ok(())
+    }
+}
+
+/// Receives a process's output and its exit status.
+pub struct ExecOutputHalf {
+    pub id: String,
+    pub pid: i32,
+    rd: OwnedReadHalf,
+    done: bool,
+}
+
+impl ExecOutputHalf {
+    /// The next piece of output, or the exit status (last).
+    pub async fn next(&mut self) -> Result<ExecOutput, ClientError> {
+        if self.done {
+            return Err(ClientError::Unexpected("the process already exited".into()));
+        }
+        match read_frame(&mut self.rd).await? {
+            Frame::Stdout { ts_micros, data } => Ok(ExecOutput::Stdout { ts_micros, data }),
+            Frame::Stderr { ts_micros, data } => Ok(ExecOutput::Stderr { ts_micros, data }),
+            f @ Frame::Control(_) => match f.parse::<Response>()? {
+                Response::Exited(st) => {
+                    self.done = true;
+                    Ok(ExecOutput::Exited(st))
+                }
+                other => Err(unexpected(other)),
+            },
+            other => Err(ClientError::Unexpected(format!("a {} frame during exec", other.kind_name()))),
+        }
+    }
+}
+
+/// A TCP connection inside the sandbox, as a byte stream.
+pub struct TcpTunnel {
+    inner: tokio::io::DuplexStream,
+}
+
+impl TcpTunnel {
+    fn new(conn: UnixStream) -> TcpTunnel {
+        let (ours, theirs) = tokio::io::duplex(CHUNK * 2);
+        let (mut trd, mut twr) = tokio::io::split(theirs);
+        let (mut crd, mut cwr) = conn.into_split();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // guest -> user
+            let down = async {
+                loop {
+                    match read_frame(&mut crd).await {
+                        Ok(Frame::Data(d)) => {
+                            if twr.write_all(&d).await.is_err() {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                let _ = twr.shutdown().await;
+            };
+            // user -> guest
+            let up = async {
+                let mut buf = vec![0u8; CHUNK.min(MAX_FRAME - 1)];
+                loop {
+                    match trd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if write_frame(&mut cwr, &Frame::Data(buf[..n].to_vec())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = write_frame(&mut cwr, &Frame::Eof).await;
+            };
+            tokio::join!(down, up);
+        });
+        TcpTunnel { inner: ours }
+    }
+}
+
+impl AsyncRead for TcpTunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TcpTunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
