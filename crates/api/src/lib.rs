@@ -74,7 +74,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
@@ -353,12 +356,25 @@ pub struct ProcessStarted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
-    Started { id: String, pid: i32 },
+    Started {
+        id: String,
+        pid: i32,
+    },
     /// `data` is UTF-8 text; `data_b64` carries the exact bytes.
-    Stdout { ts_micros: u64, data: String, data_b64: String },
-    Stderr { ts_micros: u64, data: String, data_b64: String },
+    Stdout {
+        ts_micros: u64,
+        data: String,
+        data_b64: String,
+    },
+    Stderr {
+        ts_micros: u64,
+        data: String,
+        data_b64: String,
+    },
     Exit(ExecResult),
-    Error { error: ApiError },
+    Error {
+        error: ApiError,
+    },
 }
 
 /// Messages a WebSocket exec client sends after its first (an `ExecRequest`).
@@ -374,8 +390,13 @@ pub enum ExecClientMessage {
     },
     /// Close stdin.
     Eof,
-    Signal { signal: i32 },
-    Resize { rows: u16, cols: u16 },
+    Signal {
+        signal: i32,
+    },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
 }
 
 /// A process started through the agent.
@@ -507,7 +528,8 @@ pub struct TemplateInfo {
 pub fn validate_dns_label(what: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -539,7 +561,10 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        let mut r = ExecResult { exit_code: Some(3), ..Default::default() };
+        let mut r = ExecResult {
+            exit_code: Some(3),
+            ..Default::default()
+        };
         assert_eq!(r.cli_exit_code(), 3);
         r.exit_code = None;
         r.signal = Some(9);

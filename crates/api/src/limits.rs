@@ -115,9 +115,15 @@ impl Limits {
 /// (also `KiB`, `MB`, ...; all powers of 1024). A bare number is bytes.
 pub fn parse_size(s: &str) -> Result<u64, ApiError> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || ApiError::invalid(format!("invalid size {s:?}: use a number with K, M, G or T (e.g. 512M)"));
+    let bad = || {
+        ApiError::invalid(format!(
+            "invalid size {s:?}: use a number with K, M, G or T (e.g. 512M)"
+        ))
+    };
     let n: f64 = num.parse().map_err(|_| bad())?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1u64,
@@ -138,7 +144,7 @@ pub fn parse_size(s: &str) -> Result<u64, ApiError> {
 pub fn format_size(b: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("T", 1024 * GIB), ("G", GIB), ("M", MIB), ("K", 1024)];
     for (u, m) in UNITS {
-        if b >= m && b % m == 0 {
+        if b >= m && b.is_multiple_of(m) {
             return format!("{}{u}", b / m);
         }
     }
@@ -159,15 +165,23 @@ pub fn parse_duration(s: &str) -> Result<f64, ApiError> {
         return Err(bad());
     }
     if let Ok(n) = t.parse::<f64>() {
-        return if n.is_finite() && n >= 0.0 { Ok(n) } else { Err(bad()) };
+        return if n.is_finite() && n >= 0.0 {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     let mut total = 0.0;
     let mut rest = t;
     while !rest.is_empty() {
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         let (num, tail) = rest.split_at(split);
         let n: f64 = num.parse().map_err(|_| bad())?;
-        let ulen = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let ulen = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(ulen);
         let mult = match unit {
             "ms" => 0.001,
@@ -180,7 +194,11 @@ pub fn parse_duration(s: &str) -> Result<f64, ApiError> {
         total += n * mult;
         rest = next;
     }
-    if total.is_finite() { Ok(total) } else { Err(bad()) }
+    if total.is_finite() {
+        Ok(total)
+    } else {
+        Err(bad())
+    }
 }
 
 #[cfg(test)]
@@ -218,12 +236,30 @@ mod tests {
         let d = Limits::default();
         assert!(LimitsRequest::default().resolve(&d).is_ok());
         let absurd = [
-            LimitsRequest { memory_bytes: Some(1), ..Default::default() },
-            LimitsRequest { memory_bytes: Some(u64::MAX), ..Default::default() },
-            LimitsRequest { cpus: Some(0.0), ..Default::default() },
-            LimitsRequest { cpus: Some(f64::NAN), ..Default::default() },
-            LimitsRequest { pids: Some(0), ..Default::default() },
-            LimitsRequest { disk_bytes: Some(0), ..Default::default() },
+            LimitsRequest {
+                memory_bytes: Some(1),
+                ..Default::default()
+            },
+            LimitsRequest {
+                memory_bytes: Some(u64::MAX),
+                ..Default::default()
+            },
+            LimitsRequest {
+                cpus: Some(0.0),
+                ..Default::default()
+            },
+            LimitsRequest {
+                cpus: Some(f64::NAN),
+                ..Default::default()
+            },
+            LimitsRequest {
+                pids: Some(0),
+                ..Default::default()
+            },
+            LimitsRequest {
+                disk_bytes: Some(0),
+                ..Default::default()
+            },
         ];
         for r in absurd {
             assert!(r.resolve(&d).is_err(), "{r:?}");

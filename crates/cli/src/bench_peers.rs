@@ -79,7 +79,10 @@ impl Rootfs {
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
             }
         });
-        std::fs::write(self.dir.path().join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&config)?,
+        )?;
         Ok(self.dir.path().to_path_buf())
     }
 }
@@ -102,23 +105,45 @@ const DEFAULT_CAPS: [&str; 14] = [
 ];
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// Time `n` runs of `bwrap ... /bin/true`. `None` when bwrap is missing.
 pub fn bwrap(rootfs: &Rootfs, n: usize) -> anyhow::Result<Option<Vec<Duration>>> {
-    let Some(bwrap) = which("bwrap") else { return Ok(None) };
+    let Some(bwrap) = which("bwrap") else {
+        return Ok(None);
+    };
     let root = rootfs.root();
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         let st = Command::new(&bwrap)
-            .args(["--unshare-all", "--uid", "0", "--gid", "0", "--die-with-parent", "--new-session"])
+            .args([
+                "--unshare-all",
+                "--uid",
+                "0",
+                "--gid",
+                "0",
+                "--die-with-parent",
+                "--new-session",
+            ])
             .arg("--ro-bind")
             .arg(&root)
             .arg("/")
-            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--hostname", "bench"])
+            .args([
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "--hostname",
+                "bench",
+            ])
             .args(["--cap-drop", "ALL", "--", "/bin/true"])
             .stdin(Stdio::null())
             .status()?;
@@ -159,7 +184,10 @@ pub fn crun(rootfs: &Rootfs, n: usize) -> anyhow::Result<Option<Vec<Duration>>> 
         .map(Duration::from_nanos)
         .collect();
     if times.len() != n {
-        bail!("crun benchmark returned {} timings, expected {n}", times.len());
+        bail!(
+            "crun benchmark returned {} timings, expected {n}",
+            times.len()
+        );
     }
     Ok(Some(times))
 }
@@ -168,11 +196,18 @@ pub fn crun(rootfs: &Rootfs, n: usize) -> anyhow::Result<Option<Vec<Duration>>> 
 /// process; prints one duration in nanoseconds per line.
 pub fn crun_loop(bundle: &Path, n: usize) -> anyhow::Result<()> {
     if hybrid_cgroups() {
-        use nix::mount::{MsFlags, mount, umount2, MntFlags};
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .context("making mounts private")?;
-        umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH).context("hiding the empty cgroup v2 hierarchy")?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .context("making mounts private")?;
+        umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH)
+            .context("hiding the empty cgroup v2 hierarchy")?;
     }
     let crun = which("crun").context("crun not found")?;
     for i in 0..n {

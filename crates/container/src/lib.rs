@@ -60,7 +60,11 @@ pub enum ContainerError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContainerError + 'a {
-    move |source| ContainerError::Io { what, path: path.display().to_string(), source }
+    move |source| ContainerError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Identity of one daemon instance, kept in `<state>/instance.json`.
@@ -76,10 +80,10 @@ impl Instance {
     /// Load the instance of `state_dir`, creating it on first use.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, ContainerError> {
         let path = state_dir.join("instance.json");
-        if let Ok(text) = fs::read_to_string(&path) {
-            if let Ok(i) = serde_json::from_str::<Instance>(&text) {
-                return Ok(i);
-            }
+        if let Ok(text) = fs::read_to_string(&path)
+            && let Ok(i) = serde_json::from_str::<Instance>(&text)
+        {
+            return Ok(i);
         }
         let mut b = [0u8; 4];
         getrandom_fill(&mut b);
@@ -89,15 +93,21 @@ impl Instance {
         let uid_base = 0x4000_0000 + (n % 16384) * ID_RANGE;
         let inst = Instance { id, uid_base };
         let tmp = state_dir.join("instance.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(&inst).unwrap_or_default()).map_err(io_err("writing", &tmp))?;
+        fs::write(&tmp, serde_json::to_vec_pretty(&inst).unwrap_or_default())
+            .map_err(io_err("writing", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("writing", &path))?;
         Ok(inst)
     }
 }
 
 fn getrandom_fill(b: &mut [u8]) {
-    if fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(b)).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let x = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
         for (i, v) in b.iter_mut().enumerate() {
             *v = (x >> (i * 8)) as u8;
@@ -166,7 +176,11 @@ impl ContainerHost {
         }
         for d in ["sandboxes", "mnt"] {
             let p = state_dir.join(d);
-            fs::DirBuilder::new().recursive(true).mode(0o711).create(&p).map_err(io_err("creating", &p))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&p)
+                .map_err(io_err("creating", &p))?;
         }
         let instance = Instance::load_or_create(state_dir)?;
         let userns = hull_sys::ns::userns_fd(instance.uid_base, ID_RANGE)?;
@@ -205,12 +219,23 @@ impl ContainerHost {
         }
         let mut overlays = Vec::new();
         for (i, layer) in template.layers.iter().enumerate() {
-            let mnt = self.state_dir.join("mnt").join(&template.name).join(i.to_string());
-            fs::DirBuilder::new().recursive(true).mode(0o755).create(&mnt).map_err(io_err("creating", &mnt))?;
+            let mnt = self
+                .state_dir
+                .join("mnt")
+                .join(&template.name)
+                .join(i.to_string());
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&mnt)
+                .map_err(io_err("creating", &mnt))?;
             if !hull_sys::mount::is_mountpoint(&mnt) {
                 hull_sys::mount::idmapped_bind(&layer.source, &mnt, self.userns.as_fd(), true)?;
             }
-            overlays.push(OverlaySpec { target: layer.target.clone(), lower: vec![mnt] });
+            overlays.push(OverlaySpec {
+                target: layer.target.clone(),
+                lower: vec![mnt],
+            });
         }
         cache.insert(template.name.clone(), overlays.clone());
         Ok(overlays)
@@ -235,19 +260,36 @@ impl ContainerHost {
         overlays: Vec<OverlaySpec>,
         dir: &Path,
     ) -> Result<Container, ContainerError> {
-        fs::DirBuilder::new().mode(0o711).create(dir).map_err(io_err("creating", dir))?;
+        fs::DirBuilder::new()
+            .mode(0o711)
+            .create(dir)
+            .map_err(io_err("creating", dir))?;
         let rw = dir.join("rw");
-        fs::DirBuilder::new().mode(0o700).create(&rw).map_err(io_err("creating", &rw))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&rw)
+            .map_err(io_err("creating", &rw))?;
         // The agent (root of the sandbox, an unprivileged uid here) binds its socket in run/.
         let run = dir.join("run");
-        fs::DirBuilder::new().mode(0o700).create(&run).map_err(io_err("creating", &run))?;
-        std::os::unix::fs::chown(&run, Some(self.instance.uid_base), Some(self.instance.uid_base))
-            .map_err(io_err("chown", &run))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run)
+            .map_err(io_err("creating", &run))?;
+        std::os::unix::fs::chown(
+            &run,
+            Some(self.instance.uid_base),
+            Some(self.instance.uid_base),
+        )
+        .map_err(io_err("chown", &run))?;
         let socket = run.join("agent.sock");
 
         let cg = self.cgroups.create(
             &spec.id,
-            &CgroupLimits { memory_bytes: spec.limits.memory_bytes, cpus: spec.limits.cpus, pids: u64::from(spec.limits.pids) },
+            &CgroupLimits {
+                memory_bytes: spec.limits.memory_bytes,
+                cpus: spec.limits.cpus,
+                pids: u64::from(spec.limits.pids),
+            },
         )?;
 
         let mut env: Vec<(String, String)> = template.env.clone();
@@ -272,7 +314,8 @@ impl ContainerHost {
         let (go_r, go_w) = pipe().map_err(io_err("creating a pipe", dir))?;
         // The guest's own diagnostics go to a file in the sandbox directory,
         // never to the daemon's stdio (a sandbox must not hold its terminal).
-        let null = fs::File::open("/dev/null").map_err(io_err("opening", Path::new("/dev/null")))?;
+        let null =
+            fs::File::open("/dev/null").map_err(io_err("opening", Path::new("/dev/null")))?;
         let log_path = dir.join("guest.log");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -318,14 +361,18 @@ impl ContainerHost {
             // Keep the agent out of the OOM killer's way; its children reset this.
             let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
             // Maps and cgroups are in place: let the child exec.
-            fs::File::from(go_w).write_all(b"x").map_err(io_err("releasing init", dir))?;
+            fs::File::from(go_w)
+                .write_all(b"x")
+                .map_err(io_err("releasing init", dir))?;
             let mut w = fs::File::from(plan_w);
             w.write_all(&serde_json::to_vec(&plan).unwrap_or_default())
                 .map_err(io_err("sending the plan to init", dir))?;
             drop(w);
             let status = read_status(status_r)?;
             if !status.ok {
-                return Err(ContainerError::Init(status.error.unwrap_or_else(|| "unknown error".into())));
+                return Err(ContainerError::Init(
+                    status.error.unwrap_or_else(|| "unknown error".into()),
+                ));
             }
             Ok(())
         })();
@@ -345,7 +392,14 @@ impl ContainerHost {
             return None;
         }
         let pidfd = hull_sys::ns::pidfd_open(pid).ok()?;
-        let c = Container { id: id.into(), pid, start_time, socket, pidfd, our_child: false };
+        let c = Container {
+            id: id.into(),
+            pid,
+            start_time,
+            socket,
+            pidfd,
+            our_child: false,
+        };
         (!c.exited()).then_some(c)
     }
 
@@ -397,7 +451,10 @@ impl ContainerHost {
     /// Ids with a directory or cgroup on the host (for startup cleanup).
     pub fn leftovers(&self) -> Vec<String> {
         let mut ids: Vec<String> = fs::read_dir(self.state_dir.join("sandboxes"))
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         ids.extend(self.cgroups.list().unwrap_or_default());
         ids.sort();
@@ -406,7 +463,9 @@ impl ContainerHost {
     }
 
     fn cgroup(&self, id: &str) -> Result<Cgroup, ContainerError> {
-        self.cgroups.open(id)?.ok_or_else(|| ContainerError::Init(format!("cgroup of {id} is gone")))
+        self.cgroups
+            .open(id)?
+            .ok_or_else(|| ContainerError::Init(format!("cgroup of {id} is gone")))
     }
 
     pub fn freeze(&self, id: &str) -> Result<(), ContainerError> {
@@ -419,7 +478,12 @@ impl ContainerHost {
 
     /// How many processes the OOM killer has killed in the sandbox so far.
     pub fn oom_kills(&self, id: &str) -> u64 {
-        self.cgroups.open(id).ok().flatten().and_then(|c| c.oom_kills().ok()).unwrap_or(0)
+        self.cgroups
+            .open(id)
+            .ok()
+            .flatten()
+            .and_then(|c| c.oom_kills().ok())
+            .unwrap_or(0)
     }
 
     /// Remove everything this instance made on the host: every sandbox's
@@ -438,10 +502,15 @@ impl ContainerHost {
         if n > 0 {
             removed.push(format!("{n} template mounts"));
         }
-        self.lowers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.lowers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let _ = fs::remove_dir_all(&mnt);
         let _ = fs::DirBuilder::new().mode(0o711).create(&mnt);
-        self.templates.clear().map_err(io_err("removing templates", &self.state_dir))?;
+        self.templates
+            .clear()
+            .map_err(io_err("removing templates", &self.state_dir))?;
         Ok(removed)
     }
 }
@@ -463,9 +532,14 @@ fn read_status(fd: OwnedFd) -> Result<InitStatus, ContainerError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ContainerError::Init(format!("init did not report within {INIT_TIMEOUT:?}")));
+            return Err(ContainerError::Init(format!(
+                "init did not report within {INIT_TIMEOUT:?}"
+            )));
         }
-        let ts = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos() as i64,
+        };
         match rustix::event::poll(&mut pfd, Some(&ts)) {
             Ok(0) => continue,
             Ok(_) => break,
@@ -474,9 +548,13 @@ fn read_status(fd: OwnedFd) -> Result<InitStatus, ContainerError> {
         }
     }
     let _ = pfd;
-    f.read_to_end(&mut buf).map_err(|e| ContainerError::Init(format!("reading init's status: {e}")))?;
+    f.read_to_end(&mut buf)
+        .map_err(|e| ContainerError::Init(format!("reading init's status: {e}")))?;
     if buf.is_empty() {
-        return Err(ContainerError::Init("init exited before reporting (see the daemon log)".into()));
+        return Err(ContainerError::Init(
+            "init exited before reporting (see the daemon log)".into(),
+        ));
     }
-    serde_json::from_slice(&buf).map_err(|e| ContainerError::Init(format!("malformed status from init: {e}")))
+    serde_json::from_slice(&buf)
+        .map_err(|e| ContainerError::Init(format!("malformed status from init: {e}")))
 }

@@ -158,7 +158,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 impl TemplateStore {
     /// The store at `<state_dir>/templates`.
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.join("templates") }
+        Self {
+            dir: state_dir.join("templates"),
+        }
     }
 
     /// Names of the built-in templates.
@@ -175,7 +177,12 @@ impl TemplateStore {
                     Ok(()) => (true, None),
                     Err(e) => (false, Some(e.to_string())),
                 };
-                TemplateStatus { name: n.into(), description: describe(n).into(), available, note }
+                TemplateStatus {
+                    name: n.into(),
+                    description: describe(n).into(),
+                    available,
+                    note,
+                }
             })
             .collect()
     }
@@ -186,7 +193,9 @@ impl TemplateStore {
             "busybox" if Path::new(BUSYBOX_BINARY).is_file() => Ok(()),
             "busybox" => Err(TemplateError::Unavailable {
                 name: name.into(),
-                reason: format!("{BUSYBOX_BINARY} is missing: install Debian's busybox-static (apt-get install busybox-static)"),
+                reason: format!(
+                    "{BUSYBOX_BINARY} is missing: install Debian's busybox-static (apt-get install busybox-static)"
+                ),
             }),
             other => Err(TemplateError::NotFound(other.into())),
         }
@@ -212,18 +221,25 @@ impl TemplateStore {
 
     fn host(&self) -> Result<Template, TemplateError> {
         let root = self.dir.join("host").join("root");
-        let mut layers = vec![Layer { target: "/".into(), source: root.clone() }];
+        let mut layers = vec![Layer {
+            target: "/".into(),
+            source: root.clone(),
+        }];
         let mut build = Vec::new();
         for top in ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);
             match fs::symlink_metadata(&host) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    let target = fs::read_link(&host).map_err(build_err("host", "reading link", &host))?;
+                    let target =
+                        fs::read_link(&host).map_err(build_err("host", "reading link", &host))?;
                     build.push((top, Some(target)));
                 }
                 Ok(m) if m.is_dir() => {
                     build.push((top, None));
-                    layers.push(Layer { target: format!("/{top}"), source: host });
+                    layers.push(Layer {
+                        target: format!("/{top}"),
+                        source: host,
+                    });
                 }
                 _ => {}
             }
@@ -247,7 +263,8 @@ impl TemplateStore {
                     copy_tree(&src, &dst).map_err(build_err("host", "copying", &src))?;
                 }
             }
-            fs::write(tmp.join(".hull-complete"), b"").map_err(build_err("host", "writing", &tmp))?;
+            fs::write(tmp.join(".hull-complete"), b"")
+                .map_err(build_err("host", "writing", &tmp))?;
             let _ = fs::remove_dir_all(&root);
             fs::rename(&tmp, &root).map_err(build_err("host", "installing", &root))?;
         }
@@ -255,7 +272,10 @@ impl TemplateStore {
             name: "host".into(),
             description: describe("host").into(),
             layers,
-            env: vec![("PATH".into(), DEFAULT_PATH.into()), ("LANG".into(), "C.UTF-8".into())],
+            env: vec![
+                ("PATH".into(), DEFAULT_PATH.into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
         })
     }
 
@@ -267,7 +287,11 @@ impl TemplateStore {
             skeleton(&tmp).map_err(build_err("busybox", "creating", &tmp))?;
             let bin = tmp.join("bin");
             fs::create_dir_all(&bin).map_err(build_err("busybox", "creating", &bin))?;
-            fs::copy(BUSYBOX_BINARY, bin.join("busybox")).map_err(build_err("busybox", "copying", Path::new(BUSYBOX_BINARY)))?;
+            fs::copy(BUSYBOX_BINARY, bin.join("busybox")).map_err(build_err(
+                "busybox",
+                "copying",
+                Path::new(BUSYBOX_BINARY),
+            ))?;
             let out = Command::new(BUSYBOX_BINARY)
                 .arg("--list-full")
                 .output()
@@ -285,24 +309,39 @@ impl TemplateStore {
             }
             let etc = tmp.join("etc");
             for (name, content) in [
-                ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\nuser:x:1000:1000:user:/home/user:/bin/sh\n"),
+                (
+                    "passwd",
+                    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+                ),
                 ("group", "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n"),
-                ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-                ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n"),
+                (
+                    "hosts",
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                ),
+                (
+                    "nsswitch.conf",
+                    "passwd: files\ngroup: files\nhosts: files dns\n",
+                ),
             ] {
-                fs::write(etc.join(name), content).map_err(build_err("busybox", "writing", &etc))?;
+                fs::write(etc.join(name), content)
+                    .map_err(build_err("busybox", "writing", &etc))?;
             }
             let home = tmp.join("home/user");
             fs::create_dir_all(&home).map_err(build_err("busybox", "creating", &home))?;
-            std::os::unix::fs::chown(&home, Some(1000), Some(1000)).map_err(build_err("busybox", "chown", &home))?;
-            fs::write(tmp.join(".hull-complete"), b"").map_err(build_err("busybox", "writing", &tmp))?;
+            std::os::unix::fs::chown(&home, Some(1000), Some(1000))
+                .map_err(build_err("busybox", "chown", &home))?;
+            fs::write(tmp.join(".hull-complete"), b"")
+                .map_err(build_err("busybox", "writing", &tmp))?;
             let _ = fs::remove_dir_all(&root);
             fs::rename(&tmp, &root).map_err(build_err("busybox", "installing", &root))?;
         }
         Ok(Template {
             name: "busybox".into(),
             description: describe("busybox").into(),
-            layers: vec![Layer { target: "/".into(), source: root }],
+            layers: vec![Layer {
+                target: "/".into(),
+                source: root,
+            }],
             env: vec![("PATH".into(), DEFAULT_PATH.into())],
         })
     }
@@ -310,21 +349,38 @@ impl TemplateStore {
 
 fn describe(name: &str) -> &'static str {
     match name {
-        "host" => "read-only view of this host's /usr with a minimal private /etc (tied to this machine)",
+        "host" => {
+            "read-only view of this host's /usr with a minimal private /etc (tied to this machine)"
+        }
         "busybox" => "hermetic busybox root from Debian's busybox-static",
         _ => "",
     }
 }
 
-fn build_err<'a>(name: &'a str, what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TemplateError + 'a {
-    move |source| TemplateError::Build { name: name.into(), what, path: path.display().to_string(), source }
+fn build_err<'a>(
+    name: &'a str,
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> TemplateError + 'a {
+    move |source| TemplateError::Build {
+        name: name.into(),
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn skeleton(root: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(root)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(root)?;
     for (dir, mode) in SKELETON_DIRS {
         let p = root.join(dir);
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(&p)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&p)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(*mode))?;
     }
     Ok(())
@@ -341,7 +397,9 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     if ft.is_symlink() {
         symlink(fs::read_link(src)?, dst)
     } else if ft.is_dir() {
-        fs::DirBuilder::new().mode(meta.permissions().mode() & 0o7777).create(dst)?;
+        fs::DirBuilder::new()
+            .mode(meta.permissions().mode() & 0o7777)
+            .create(dst)?;
         for entry in fs::read_dir(src)? {
             let entry = entry?;
             // Credentials that can sit inside otherwise harmless config trees.
@@ -370,10 +428,22 @@ mod tests {
         let t = store.get("host").unwrap();
         let root = &t.layers[0].source;
         assert!(root.join("etc/passwd").exists());
-        for secret in ["etc/shadow", "etc/gshadow", "etc/ssh", "etc/sudoers", "root/.ssh"] {
-            assert!(!root.join(secret).exists(), "{secret} leaked into the host template");
+        for secret in [
+            "etc/shadow",
+            "etc/gshadow",
+            "etc/ssh",
+            "etc/sudoers",
+            "root/.ssh",
+        ] {
+            assert!(
+                !root.join(secret).exists(),
+                "{secret} leaked into the host template"
+            );
         }
-        assert_eq!(fs::metadata(root.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(
+            fs::metadata(root.join("tmp")).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
         assert!(t.layers.iter().any(|l| l.target == "/usr"));
         // Idempotent: a second get reuses the files.
         let again = store.get("host").unwrap();
@@ -385,6 +455,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TemplateStore::new(dir.path());
         assert!(matches!(store.get("nope"), Err(TemplateError::NotFound(_))));
-        assert!(matches!(store.get("../etc"), Err(TemplateError::NotFound(_))));
+        assert!(matches!(
+            store.get("../etc"),
+            Err(TemplateError::NotFound(_))
+        ));
     }
 }

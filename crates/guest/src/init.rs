@@ -39,8 +39,13 @@ const MASKED_FILES: &[&str] = &[
 /// Directories hidden under an empty read-only tmpfs.
 const MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/sys/firmware", "/proc/asound"];
 /// Paths made read-only.
-const READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 /// Host device nodes bound into the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -57,21 +62,32 @@ trait Step<T> {
 }
 impl<T, E: std::fmt::Display> Step<T> for Result<T, E> {
     fn step(self, step: &'static str) -> Result<T, InitError> {
-        self.map_err(|e| InitError { step, message: e.to_string() })
+        self.map_err(|e| InitError {
+            step,
+            message: e.to_string(),
+        })
     }
 }
 
 /// Entry point of `hull-guest init`. Never returns on success.
 pub fn run() -> i32 {
     let Some(plan_fd) = hull_sys::ns::take_inherited_fd(PLAN_FD) else {
-        eprintln!("hull-guest init: no plan on fd {PLAN_FD}; this mode is started by the hull daemon");
+        eprintln!(
+            "hull-guest init: no plan on fd {PLAN_FD}; this mode is started by the hull daemon"
+        );
         return 2;
     };
     let status_fd = hull_sys::ns::take_inherited_fd(STATUS_FD);
     let result = read_plan(plan_fd).and_then(|plan| setup(&plan).map(|l| (plan, l)));
     let status = match &result {
-        Ok(_) => InitStatus { ok: true, error: None },
-        Err(e) => InitStatus { ok: false, error: Some(e.to_string()) },
+        Ok(_) => InitStatus {
+            ok: true,
+            error: None,
+        },
+        Err(e) => InitStatus {
+            ok: false,
+            error: Some(e.to_string()),
+        },
     };
     if let Some(fd) = status_fd {
         let mut f = fs::File::from(fd);
@@ -103,24 +119,42 @@ pub fn run() -> i32 {
 
 fn read_plan(fd: OwnedFd) -> Result<InitPlan, InitError> {
     let mut buf = Vec::new();
-    fs::File::from(fd).take(1 << 20).read_to_end(&mut buf).step("reading the plan")?;
+    fs::File::from(fd)
+        .take(1 << 20)
+        .read_to_end(&mut buf)
+        .step("reading the plan")?;
     serde_json::from_slice(&buf).step("parsing the plan")
 }
 
 fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
     // The host has written our id maps: become root of the user namespace.
-    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).step("setresgid")?;
-    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).step("setresuid")?;
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .step("setresgid")?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .step("setresuid")?;
     nix::unistd::setgroups(&[]).step("setgroups")?;
     // The host placed us in our cgroups; make them our cgroup root.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).step("entering a cgroup namespace")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .step("making mounts private")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .step("entering a cgroup namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("making mounts private")?;
 
     let rw = plan.sandbox_dir.join("rw");
     let data = format!("size={},mode=0755", plan.disk_bytes);
-    mount(Some("tmpfs"), &rw, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
-        .step("mounting the writable layer")?;
+    mount(
+        Some("tmpfs"),
+        &rw,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .step("mounting the writable layer")?;
     let root = rw.join("root");
     mkdir(&root, 0o755).step("creating the root mount point")?;
     for (i, o) in plan.overlays.iter().enumerate() {
@@ -128,15 +162,30 @@ fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
         let work = rw.join(format!("work{i}"));
         mkdir(&upper, 0o755).step("creating an upper layer")?;
         mkdir(&work, 0o755).step("creating a work directory")?;
-        let target = if o.target == "/" { root.clone() } else { root.join(o.target.trim_start_matches('/')) };
-        let lower = o.lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+        let target = if o.target == "/" {
+            root.clone()
+        } else {
+            root.join(o.target.trim_start_matches('/'))
+        };
+        let lower = o
+            .lower
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
         let opts = format!(
             "lowerdir={lower},upperdir={},workdir={},userxattr",
             upper.display(),
             work.display()
         );
-        mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NODEV, Some(opts.as_str()))
-            .step("mounting the root filesystem overlay")?;
+        mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )
+        .step("mounting the root filesystem overlay")?;
     }
 
     mount_system_dirs(&root)?;
@@ -171,28 +220,60 @@ fn mkdir(p: &Path, mode: u32) -> std::io::Result<()> {
 
 fn ensure_dir(root: &Path, rel: &str, mode: u32) -> Result<PathBuf, InitError> {
     let p = root.join(rel);
-    fs::DirBuilder::new().recursive(true).mode(mode).create(&p).step("creating a mount point")?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(&p)
+        .step("creating a mount point")?;
     Ok(p)
 }
 
 fn mount_system_dirs(root: &Path) -> Result<(), InitError> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc = ensure_dir(root, "proc", 0o555)?;
-    mount(Some("proc"), &proc, Some("proc"), nosuid_nodev_noexec, None::<&str>).step("mounting /proc")?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None::<&str>,
+    )
+    .step("mounting /proc")?;
     let sys = ensure_dir(root, "sys", 0o555)?;
     // sysfs is only mountable with our own network namespace; it is read-only either way.
-    if mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>).is_err() {
+    if mount(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .is_err()
+    {
         tracing::debug!("sysfs not mountable; /sys stays empty");
     }
 
     let dev = ensure_dir(root, "dev", 0o755)?;
-    mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=65536"))
-        .step("mounting /dev")?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=65536"),
+    )
+    .step("mounting /dev")?;
     for name in DEVICES {
         let target = dev.join(name);
         fs::File::create(&target).step("creating a device mount point")?;
         let src = Path::new("/dev").join(name);
-        mount(Some(&src), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).step("binding a device node")?;
+        mount(
+            Some(&src),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .step("binding a device node")?;
     }
     let pts = ensure_dir(&dev, "pts", 0o755)?;
     mount(
@@ -204,8 +285,14 @@ fn mount_system_dirs(root: &Path) -> Result<(), InitError> {
     )
     .step("mounting /dev/pts")?;
     let shm = ensure_dir(&dev, "shm", 0o1777)?;
-    mount(Some("shm"), &shm, Some("tmpfs"), nosuid_nodev_noexec, Some("mode=1777,size=67108864"))
-        .step("mounting /dev/shm")?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=67108864"),
+    )
+    .step("mounting /dev/shm")?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -215,9 +302,15 @@ fn mount_system_dirs(root: &Path) -> Result<(), InitError> {
     ] {
         std::os::unix::fs::symlink(target, dev.join(link)).step("creating /dev links")?;
     }
-    for (dir, mode) in [("tmp", 0o1777), ("var/tmp", 0o1777), ("root", 0o700), ("run", 0o755)] {
+    for (dir, mode) in [
+        ("tmp", 0o1777),
+        ("var/tmp", 0o1777),
+        ("root", 0o700),
+        ("run", 0o755),
+    ] {
         let p = ensure_dir(root, dir, mode)?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).step("setting directory modes")?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .step("setting directory modes")?;
     }
     Ok(())
 }
@@ -227,13 +320,27 @@ fn mask_paths(root: &Path) -> Result<(), InitError> {
     for f in MASKED_FILES {
         let p = root.join(f.trim_start_matches('/'));
         if p.exists() {
-            mount(Some(&null), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>).step("masking a /proc file")?;
+            mount(
+                Some(&null),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .step("masking a /proc file")?;
         }
     }
     for d in MASKED_DIRS {
         let p = root.join(d.trim_start_matches('/'));
         if p.is_dir() {
-            mount(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0")).step("masking a directory")?;
+            mount(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
+            .step("masking a directory")?;
         }
     }
     for r in READONLY_PATHS {
@@ -241,8 +348,14 @@ fn mask_paths(root: &Path) -> Result<(), InitError> {
         if !p.exists() {
             continue;
         }
-        mount(Some(&p), &p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .step("binding a read-only path")?;
+        mount(
+            Some(&p),
+            &p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .step("binding a read-only path")?;
         // A remount inside a user namespace must keep the flags the mount is locked with.
         let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(

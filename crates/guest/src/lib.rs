@@ -45,7 +45,10 @@ pub fn main() -> i32 {
             };
             let config = agent::AgentConfig {
                 root,
-                base_env: vec![("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())],
+                base_env: vec![(
+                    "PATH".into(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                )],
                 default_user: None,
                 default_cwd: None,
                 pid1: std::process::id() == 1,

@@ -16,8 +16,9 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::{
-    CHUNK, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, MAX_FRAME, MIN_PROTOCOL_VERSION, Op,
-    PROTOCOL_VERSION, ProcInfo, ProtoError, Request, Response, negotiate, read_frame, write_frame,
+    CHUNK, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, MAX_FRAME,
+    MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, ProcInfo, ProtoError, Request, Response, negotiate,
+    read_frame, write_frame,
 };
 
 /// What can go wrong talking to a guest.
@@ -34,7 +35,9 @@ pub enum ClientError {
     },
     #[error(transparent)]
     Proto(#[from] ProtoError),
-    #[error("the guest speaks protocol versions {min}..={max}; this host speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}")]
+    #[error(
+        "the guest speaks protocol versions {min}..={max}; this host speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+    )]
     Version { min: u32, max: u32 },
     #[error("unexpected answer from the guest: {0}")]
     Unexpected(String),
@@ -72,16 +75,27 @@ async fn recv(conn: &mut (impl AsyncRead + Unpin)) -> Result<Response, ClientErr
 impl GuestClient {
     /// Connect, learn the guest's protocol range and pick a version.
     pub async fn connect(socket: &Path) -> Result<GuestClient, ClientError> {
-        let mut conn = UnixStream::connect(socket)
-            .await
-            .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
-        let hello = Request::new(Op::Hello { min: MIN_PROTOCOL_VERSION, max: PROTOCOL_VERSION });
+        let mut conn =
+            UnixStream::connect(socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: socket.to_path_buf(),
+                    source,
+                })?;
+        let hello = Request::new(Op::Hello {
+            min: MIN_PROTOCOL_VERSION,
+            max: PROTOCOL_VERSION,
+        });
         write_frame(&mut conn, &Frame::control(&hello)?).await?;
         match recv(&mut conn).await? {
             Response::Hello { min, max, agent } => {
                 let version = negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), (min, max))
                     .ok_or(ClientError::Version { min, max })?;
-                Ok(GuestClient { socket: socket.to_path_buf(), version, agent })
+                Ok(GuestClient {
+                    socket: socket.to_path_buf(),
+                    version,
+                    agent,
+                })
             }
             other => Err(unexpected(other)),
         }
@@ -103,10 +117,17 @@ impl GuestClient {
 
     /// Open a connection and send `op`.
     async fn open(&self, op: Op) -> Result<UnixStream, ClientError> {
-        let mut conn = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
-        let req = Request { v: self.version, op };
+        let mut conn =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let req = Request {
+            v: self.version,
+            op,
+        };
         write_frame(&mut conn, &Frame::control(&req)?).await?;
         Ok(conn)
     }
@@ -135,7 +156,12 @@ impl GuestClient {
 
     /// Reattach to a background process (replaying buffered output first).
     pub async fn attach(&self, id: &str, replay: bool) -> Result<ExecHandle, ClientError> {
-        let conn = self.open(Op::Attach { id: id.to_string(), replay }).await?;
+        let conn = self
+            .open(Op::Attach {
+                id: id.to_string(),
+                replay,
+            })
+            .await?;
         ExecHandle::started(conn).await
     }
 
@@ -147,12 +173,27 @@ impl GuestClient {
     }
 
     pub async fn signal(&self, id: &str, signal: i32) -> Result<(), ClientError> {
-        self.call_ok(Op::Signal { id: id.to_string(), signal }).await
+        self.call_ok(Op::Signal {
+            id: id.to_string(),
+            signal,
+        })
+        .await
     }
 
     /// A file's metadata and a reader of (part of) its content.
-    pub async fn read(&self, path: &str, offset: u64, limit: Option<u64>) -> Result<(FileStat, ByteStream), ClientError> {
-        let mut conn = self.open(Op::Read { path: path.to_string(), offset, limit }).await?;
+    pub async fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<(FileStat, ByteStream), ClientError> {
+        let mut conn = self
+            .open(Op::Read {
+                path: path.to_string(),
+                offset,
+                limit,
+            })
+            .await?;
         match recv(&mut conn).await? {
             Response::Stat(st) => Ok((st, data_reader(conn, None))),
             other => Err(unexpected(other)),
@@ -168,7 +209,14 @@ impl GuestClient {
         max_bytes: Option<u64>,
         body: impl AsyncRead + Send + Unpin,
     ) -> Result<FileStat, ClientError> {
-        let conn = self.open(Op::Write { path: path.to_string(), mode, parents, max_bytes }).await?;
+        let conn = self
+            .open(Op::Write {
+                path: path.to_string(),
+                mode,
+                parents,
+                max_bytes,
+            })
+            .await?;
         match upload(conn, body).await? {
             Response::Stat(st) => Ok(st),
             other => Err(unexpected(other)),
@@ -176,7 +224,12 @@ impl GuestClient {
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
-        match self.call(Op::Stat { path: path.to_string() }).await? {
+        match self
+            .call(Op::Stat {
+                path: path.to_string(),
+            })
+            .await?
+        {
             Response::Stat(st) => Ok(st),
             other => Err(unexpected(other)),
         }
@@ -184,34 +237,65 @@ impl GuestClient {
 
     /// Entries under `path`, `depth` levels deep, and whether the list was cut.
     pub async fn list(&self, path: &str, depth: u32) -> Result<(Vec<FileStat>, bool), ClientError> {
-        match self.call(Op::List { path: path.to_string(), depth }).await? {
+        match self
+            .call(Op::List {
+                path: path.to_string(),
+                depth,
+            })
+            .await?
+        {
             Response::Entries { entries, truncated } => Ok((entries, truncated)),
             other => Err(unexpected(other)),
         }
     }
 
-    pub async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<(), ClientError> {
-        self.call_ok(Op::Mkdir { path: path.to_string(), parents, mode }).await
+    pub async fn mkdir(
+        &self,
+        path: &str,
+        parents: bool,
+        mode: Option<u32>,
+    ) -> Result<(), ClientError> {
+        self.call_ok(Op::Mkdir {
+            path: path.to_string(),
+            parents,
+            mode,
+        })
+        .await
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
-        self.call_ok(Op::Remove { path: path.to_string(), recursive }).await
+        self.call_ok(Op::Remove {
+            path: path.to_string(),
+            recursive,
+        })
+        .await
     }
 
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
-        self.call_ok(Op::Rename { from: from.to_string(), to: to.to_string() }).await
+        self.call_ok(Op::Rename {
+            from: from.to_string(),
+            to: to.to_string(),
+        })
+        .await
     }
 
     /// A tar stream of a file or directory.
     pub async fn tar_get(&self, path: &str) -> Result<ByteStream, ClientError> {
-        let mut conn = self.open(Op::TarGet { path: path.to_string() }).await?;
+        let mut conn = self
+            .open(Op::TarGet {
+                path: path.to_string(),
+            })
+            .await?;
         // The first frame is data (or an error).
         let first = read_frame(&mut conn).await?;
         match first {
             Frame::Control(_) => Err(unexpected(first.parse()?)),
             Frame::Data(d) => Ok(data_reader(conn, Some(d))),
             Frame::Eof => Ok(Box::pin(tokio::io::empty())),
-            other => Err(ClientError::Unexpected(format!("a {} frame", other.kind_name()))),
+            other => Err(ClientError::Unexpected(format!(
+                "a {} frame",
+                other.kind_name()
+            ))),
         }
     }
 
@@ -222,7 +306,12 @@ impl GuestClient {
         max_bytes: Option<u64>,
         body: impl AsyncRead + Send + Unpin,
     ) -> Result<(), ClientError> {
-        let conn = self.open(Op::TarPut { path: path.to_string(), max_bytes }).await?;
+        let conn = self
+            .open(Op::TarPut {
+                path: path.to_string(),
+                max_bytes,
+            })
+            .await?;
         match upload(conn, body).await? {
             Response::Ok => Ok(()),
             other => Err(unexpected(other)),
@@ -241,7 +330,10 @@ impl GuestClient {
 
 /// Send `body` as data frames and an EOF, then read the answer. If the
 /// guest stops reading (it refused the upload), its answer wins.
-async fn upload(conn: UnixStream, mut body: impl AsyncRead + Send + Unpin) -> Result<Response, ClientError> {
+async fn upload(
+    conn: UnixStream,
+    mut body: impl AsyncRead + Send + Unpin,
+) -> Result<Response, ClientError> {
     let (mut rd, mut wr) = conn.into_split();
     let mut buf = vec![0u8; CHUNK];
     let sent: Result<(), ClientError> = async {
@@ -284,10 +376,14 @@ fn data_reader(conn: UnixStream, first: Option<Vec<u8>>) -> ByteStream {
                     Ok(Response::Error(e)) => io::Error::other(e.message),
                     _ => io::Error::other("unexpected message in a data stream"),
                 }),
-                Ok(other) => Err(io::Error::other(format!("unexpected {} frame in a data stream", other.kind_name()))),
-                Err(ProtoError::Closed) => {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the guest closed the stream before its end"))
-                }
+                Ok(other) => Err(io::Error::other(format!(
+                    "unexpected {} frame in a data stream",
+                    other.kind_name()
+                ))),
+                Err(ProtoError::Closed) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the guest closed the stream before its end",
+                )),
                 Err(e) => Err(io::Error::other(e.to_string())),
             };
             let stop = item.is_err();
@@ -296,7 +392,11 @@ fn data_reader(conn: UnixStream, first: Option<Vec<u8>>) -> ByteStream {
             }
         }
     });
-    Box::pin(ChanReader { rx, buf: Vec::new(), pos: 0 })
+    Box::pin(ChanReader {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+    })
 }
 
 struct ChanReader {
@@ -354,7 +454,12 @@ impl ExecHandle {
                 let (rd, wr) = conn.into_split();
                 Ok(ExecHandle {
                     input: ExecInputHalf { wr: Some(wr) },
-                    output: ExecOutputHalf { id: id.clone(), pid, rd, done: false },
+                    output: ExecOutputHalf {
+                        id: id.clone(),
+                        pid,
+                        rd,
+                        done: false,
+                    },
                     id,
                     pid,
                 })
@@ -391,7 +496,9 @@ pub struct ExecInputHalf {
 
 impl ExecInputHalf {
     fn wr(&mut self) -> Result<&mut OwnedWriteHalf, ClientError> {
-        self.wr.as_mut().ok_or_else(|| ClientError::Unexpected("the connection is closed".into()))
+        self.wr
+            .as_mut()
+            .ok_or_else(|| ClientError::Unexpected("the connection is closed".into()))
     }
     pub async fn stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
         for chunk in data.chunks(CHUNK) {
@@ -408,7 +515,11 @@ impl ExecInputHalf {
         Ok(())
     }
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
-        write_frame(self.wr()?, &Frame::control(&ExecInput::Resize { rows, cols })?).await?;
+        write_frame(
+            self.wr()?,
+            &Frame::control(&ExecInput::Resize { rows, cols })?,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -437,7 +548,10 @@ impl ExecOutputHalf {
                 }
                 other => Err(unexpected(other)),
             },
-            other => Err(ClientError::Unexpected(format!("a {} frame during exec", other.kind_name()))),
+            other => Err(ClientError::Unexpected(format!(
+                "a {} frame during exec",
+                other.kind_name()
+            ))),
         }
     }
 }
@@ -456,14 +570,9 @@ impl TcpTunnel {
             use tokio::io::AsyncWriteExt;
             // guest -> user
             let down = async {
-                loop {
-                    match read_frame(&mut crd).await {
-                        Ok(Frame::Data(d)) => {
-                            if twr.write_all(&d).await.is_err() {
-                                break;
-                            }
-                        }
-                        _ => break,
+                while let Ok(Frame::Data(d)) = read_frame(&mut crd).await {
+                    if twr.write_all(&d).await.is_err() {
+                        break;
                     }
                 }
                 let _ = twr.shutdown().await;
@@ -475,7 +584,10 @@ impl TcpTunnel {
                     match trd.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if write_frame(&mut cwr, &Frame::Data(buf[..n].to_vec())).await.is_err() {
+                            if write_frame(&mut cwr, &Frame::Data(buf[..n].to_vec()))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -507,10 +619,16 @@ impl AsyncWrite for TcpTunnel {
     ) -> std::task::Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

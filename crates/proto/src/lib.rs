@@ -155,7 +155,9 @@ impl Frame {
         let kind = FrameKind::from_u8(kind)?;
         let split_ts = |body: &mut Vec<u8>| -> Result<u64, ProtoError> {
             if body.len() < 8 {
-                return Err(ProtoError::BadFrame("output frame without timestamp".into()));
+                return Err(ProtoError::BadFrame(
+                    "output frame without timestamp".into(),
+                ));
             }
             let mut ts = [0u8; 8];
             ts.copy_from_slice(&body[..8]);
@@ -167,11 +169,17 @@ impl Frame {
             FrameKind::Data => Frame::Data(body),
             FrameKind::Stdout => {
                 let ts_micros = split_ts(&mut body)?;
-                Frame::Stdout { ts_micros, data: body }
+                Frame::Stdout {
+                    ts_micros,
+                    data: body,
+                }
             }
             FrameKind::Stderr => {
                 let ts_micros = split_ts(&mut body)?;
-                Frame::Stderr { ts_micros, data: body }
+                Frame::Stderr {
+                    ts_micros,
+                    data: body,
+                }
             }
             FrameKind::Eof => Frame::Eof,
         })
@@ -180,7 +188,9 @@ impl Frame {
 
 fn check_len(len: usize) -> Result<(), ProtoError> {
     if len == 0 || len > MAX_FRAME {
-        return Err(ProtoError::BadFrame(format!("frame length {len} out of range")));
+        return Err(ProtoError::BadFrame(format!(
+            "frame length {len} out of range"
+        )));
     }
     Ok(())
 }
@@ -256,8 +266,14 @@ mod tests {
         let frames = vec![
             Frame::control(&Request::new(Op::Hello { min: 1, max: 3 })).unwrap(),
             Frame::Data(b"hello".to_vec()),
-            Frame::Stdout { ts_micros: 42, data: b"out".to_vec() },
-            Frame::Stderr { ts_micros: 7, data: vec![] },
+            Frame::Stdout {
+                ts_micros: 42,
+                data: b"out".to_vec(),
+            },
+            Frame::Stderr {
+                ts_micros: 7,
+                data: vec![],
+            },
             Frame::Eof,
         ];
         let mut buf = Vec::new();
@@ -275,16 +291,28 @@ mod tests {
     fn hostile_frames_are_errors() {
         // Oversize length.
         let mut cur = io::Cursor::new(((MAX_FRAME + 1) as u32).to_be_bytes().to_vec());
-        assert!(matches!(read_frame_sync(&mut cur), Err(ProtoError::BadFrame(_))));
+        assert!(matches!(
+            read_frame_sync(&mut cur),
+            Err(ProtoError::BadFrame(_))
+        ));
         // Zero length.
         let mut cur = io::Cursor::new(0u32.to_be_bytes().to_vec());
-        assert!(matches!(read_frame_sync(&mut cur), Err(ProtoError::BadFrame(_))));
+        assert!(matches!(
+            read_frame_sync(&mut cur),
+            Err(ProtoError::BadFrame(_))
+        ));
         // Unknown kind.
         let mut cur = io::Cursor::new(vec![0, 0, 0, 1, 99]);
-        assert!(matches!(read_frame_sync(&mut cur), Err(ProtoError::BadFrame(_))));
+        assert!(matches!(
+            read_frame_sync(&mut cur),
+            Err(ProtoError::BadFrame(_))
+        ));
         // Stdout frame too short for its timestamp.
         let mut cur = io::Cursor::new(vec![0, 0, 0, 3, 3, 1, 2]);
-        assert!(matches!(read_frame_sync(&mut cur), Err(ProtoError::BadFrame(_))));
+        assert!(matches!(
+            read_frame_sync(&mut cur),
+            Err(ProtoError::BadFrame(_))
+        ));
         // Truncated body.
         let mut cur = io::Cursor::new(vec![0, 0, 0, 10, 2, 1]);
         assert!(read_frame_sync(&mut cur).is_err());

@@ -36,7 +36,10 @@ pub struct Request {
 impl Request {
     /// A request at this build's [`PROTOCOL_VERSION`].
     pub fn new(op: Op) -> Self {
-        Self { v: PROTOCOL_VERSION, op }
+        Self {
+            v: PROTOCOL_VERSION,
+            op,
+        }
     }
 }
 
@@ -45,7 +48,10 @@ impl Request {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Op {
     /// Learn the guest's protocol range and identity.
-    Hello { min: u32, max: u32 },
+    Hello {
+        min: u32,
+        max: u32,
+    },
     /// Start a process.
     Exec(ExecSpec),
     /// Reattach to a background process by its id.
@@ -58,7 +64,10 @@ pub enum Op {
     /// List processes started through the agent.
     Procs,
     /// Send a signal to a process started through the agent (its process group).
-    Signal { id: String, signal: i32 },
+    Signal {
+        id: String,
+        signal: i32,
+    },
     /// Read a regular file.
     Read {
         path: String,
@@ -81,7 +90,9 @@ pub enum Op {
         #[serde(default)]
         max_bytes: Option<u64>,
     },
-    Stat { path: String },
+    Stat {
+        path: String,
+    },
     /// List a directory, descending `depth` levels (1 = the directory's entries).
     List {
         path: String,
@@ -100,9 +111,14 @@ pub enum Op {
         #[serde(default)]
         recursive: bool,
     },
-    Rename { from: String, to: String },
+    Rename {
+        from: String,
+        to: String,
+    },
     /// Stream a file or directory out as a tar archive.
-    TarGet { path: String },
+    TarGet {
+        path: String,
+    },
     /// Unpack the tar archive that follows into a directory (created if missing).
     TarPut {
         path: String,
@@ -184,7 +200,9 @@ pub enum Response {
         pid: i32,
     },
     Exited(ExitStatus),
-    Procs { procs: Vec<ProcInfo> },
+    Procs {
+        procs: Vec<ProcInfo>,
+    },
     Stat(FileStat),
     Entries {
         entries: Vec<FileStat>,
@@ -260,7 +278,10 @@ pub struct GuestError {
 
 impl GuestError {
     pub fn new(kind: GuestErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

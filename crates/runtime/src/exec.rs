@@ -25,35 +25,45 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 
 fn validate(req: &ExecRequest) -> Result<(), ApiError> {
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
-        return Err(ApiError::invalid("cmd is empty: give the program and its arguments"));
+        return Err(ApiError::invalid(
+            "cmd is empty: give the program and its arguments",
+        ));
     }
     let total: usize = req.cmd.iter().map(|a| a.len() + 1).sum();
     if total > MAX_ARGV_BYTES {
-        return Err(ApiError::invalid(format!("the command line is {total} bytes; the limit is {MAX_ARGV_BYTES}")));
+        return Err(ApiError::invalid(format!(
+            "the command line is {total} bytes; the limit is {MAX_ARGV_BYTES}"
+        )));
     }
     if req.cmd.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::invalid("command arguments cannot contain NUL bytes"));
+        return Err(ApiError::invalid(
+            "command arguments cannot contain NUL bytes",
+        ));
     }
     crate::validate_env(&req.env)?;
-    if let Some(t) = req.timeout_seconds {
-        if !t.is_finite() || t <= 0.0 || t > hull_api::MAX_TTL_SECONDS as f64 {
-            return Err(ApiError::invalid(format!("timeout_seconds {t} must be positive and at most 30 days")));
-        }
+    if let Some(t) = req.timeout_seconds
+        && (!t.is_finite() || t <= 0.0 || t > hull_api::MAX_TTL_SECONDS as f64)
+    {
+        return Err(ApiError::invalid(format!(
+            "timeout_seconds {t} must be positive and at most 30 days"
+        )));
     }
-    if let Some(c) = &req.cwd {
-        if c.contains('\0') || c.len() > 4096 {
-            return Err(ApiError::invalid("cwd must be a path without NUL"));
-        }
+    if let Some(c) = &req.cwd
+        && (c.contains('\0') || c.len() > 4096)
+    {
+        return Err(ApiError::invalid("cwd must be a path without NUL"));
     }
-    if let Some(u) = &req.user {
-        if u.is_empty() || u.len() > 64 || u.contains(['\0', '/', '\n']) {
-            return Err(ApiError::invalid(format!("invalid user {u:?}")));
-        }
+    if let Some(u) = &req.user
+        && (u.is_empty() || u.len() > 64 || u.contains(['\0', '/', '\n']))
+    {
+        return Err(ApiError::invalid(format!("invalid user {u:?}")));
     }
-    if let Some(s) = &req.stdin {
-        if s.len() > EXEC_OUTPUT_LIMIT {
-            return Err(ApiError::invalid(format!("stdin is limited to {EXEC_OUTPUT_LIMIT} bytes in a buffered exec; stream larger input")));
-        }
+    if let Some(s) = &req.stdin
+        && s.len() > EXEC_OUTPUT_LIMIT
+    {
+        return Err(ApiError::invalid(format!(
+            "stdin is limited to {EXEC_OUTPUT_LIMIT} bytes in a buffered exec; stream larger input"
+        )));
     }
     Ok(())
 }
@@ -61,11 +71,18 @@ fn validate(req: &ExecRequest) -> Result<(), ApiError> {
 fn spec(req: &ExecRequest, stdin: bool) -> ExecSpec {
     ExecSpec {
         argv: req.cmd.clone(),
-        env: req.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: req
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         cwd: req.cwd.clone(),
         user: req.user.clone(),
         stdin,
-        pty: req.tty.then(|| hull_proto::PtySize { rows: req.rows.unwrap_or(24), cols: req.cols.unwrap_or(80) }),
+        pty: req.tty.then(|| hull_proto::PtySize {
+            rows: req.rows.unwrap_or(24),
+            cols: req.cols.unwrap_or(80),
+        }),
         timeout_ms: req.timeout_seconds.map(|t| (t * 1000.0).ceil() as u64),
         background: req.background,
     }
@@ -75,9 +92,17 @@ fn text_event(stdout: bool, ts_micros: u64, data: &[u8]) -> ExecEvent {
     let text = String::from_utf8_lossy(data).into_owned();
     let b64 = base64::engine::general_purpose::STANDARD.encode(data);
     if stdout {
-        ExecEvent::Stdout { ts_micros, data: text, data_b64: b64 }
+        ExecEvent::Stdout {
+            ts_micros,
+            data: text,
+            data_b64: b64,
+        }
     } else {
-        ExecEvent::Stderr { ts_micros, data: text, data_b64: b64 }
+        ExecEvent::Stderr {
+            ts_micros,
+            data: text,
+            data_b64: b64,
+        }
     }
 }
 
@@ -109,12 +134,21 @@ impl Runtime {
         let oom_before = self.host.oom_kills(&sid);
         let mut req = req;
         req.background = false;
-        let mut h = c.exec(spec(&req, req.stdin.is_some())).await.map_err(|err| guest_error(&sid, err))?;
+        let mut h = c
+            .exec(spec(&req, req.stdin.is_some()))
+            .await
+            .map_err(|err| guest_error(&sid, err))?;
         if let Some(s) = &req.stdin {
-            h.stdin(s.as_bytes()).await.map_err(|err| guest_error(&sid, err))?;
-            h.close_stdin().await.map_err(|err| guest_error(&sid, err))?;
+            h.stdin(s.as_bytes())
+                .await
+                .map_err(|err| guest_error(&sid, err))?;
+            h.close_stdin()
+                .await
+                .map_err(|err| guest_error(&sid, err))?;
         }
-        let deadline = req.timeout_seconds.map(|t| Duration::from_secs_f64(t) + TIMEOUT_GRACE);
+        let deadline = req
+            .timeout_seconds
+            .map(|t| Duration::from_secs_f64(t) + TIMEOUT_GRACE);
         let collect = async {
             let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
             loop {
@@ -126,7 +160,9 @@ impl Runtime {
                     }
                     ExecOutput::Stdout { data, .. } => out.extend_from_slice(&data),
                     ExecOutput::Stderr { data, .. } => err.extend_from_slice(&data),
-                    ExecOutput::Exited(st) => return Ok::<_, hull_proto::client::ClientError>((out, err, truncated, st)),
+                    ExecOutput::Exited(st) => {
+                        return Ok::<_, hull_proto::client::ClientError>((out, err, truncated, st));
+                    }
                 }
             }
         };
@@ -146,13 +182,23 @@ impl Runtime {
     }
 
     /// Start a command in the background; it keeps running after the call.
-    pub async fn exec_background(&self, id: &str, req: ExecRequest) -> Result<ProcessStarted, ApiError> {
+    pub async fn exec_background(
+        &self,
+        id: &str,
+        req: ExecRequest,
+    ) -> Result<ProcessStarted, ApiError> {
         validate(&req)?;
         let (e, c) = self.running_client(id, "exec in")?;
         let mut req = req;
         req.background = true;
-        let h = c.exec(spec(&req, false)).await.map_err(|err| guest_error(&e.id(), err))?;
-        Ok(ProcessStarted { id: h.id.clone(), pid: h.pid })
+        let h = c
+            .exec(spec(&req, false))
+            .await
+            .map_err(|err| guest_error(&e.id(), err))?;
+        Ok(ProcessStarted {
+            id: h.id.clone(),
+            pid: h.pid,
+        })
     }
 
     /// Start a command and stream its events; stdin and signals go through `input`.
@@ -162,9 +208,14 @@ impl Runtime {
         let mut req = req;
         req.background = false;
         let oom_before = self.host.oom_kills(&e.id());
-        let mut h = c.exec(spec(&req, true)).await.map_err(|err| guest_error(&e.id(), err))?;
+        let mut h = c
+            .exec(spec(&req, true))
+            .await
+            .map_err(|err| guest_error(&e.id(), err))?;
         if let Some(s) = &req.stdin {
-            h.stdin(s.as_bytes()).await.map_err(|err| guest_error(&e.id(), err))?;
+            h.stdin(s.as_bytes())
+                .await
+                .map_err(|err| guest_error(&e.id(), err))?;
         }
         Ok(self.pump(e, h, oom_before))
     }
@@ -176,7 +227,10 @@ impl Runtime {
         }
         let (e, c) = self.running_client(id, "attach to")?;
         let oom_before = self.host.oom_kills(&e.id());
-        let h = c.attach(process, true).await.map_err(|err| guest_error(&e.id(), err))?;
+        let h = c
+            .attach(process, true)
+            .await
+            .map_err(|err| guest_error(&e.id(), err))?;
         Ok(self.pump(e, h, oom_before))
     }
 
@@ -186,17 +240,22 @@ impl Runtime {
         let (in_tx, mut in_rx) = mpsc::channel::<ExecClientMessage>(64);
         let sid = e.id();
         let (mut input, mut output) = h.split();
-        let _ = ev_tx.try_send(ExecEvent::Started { id: output.id.clone(), pid: output.pid });
+        let _ = ev_tx.try_send(ExecEvent::Started {
+            id: output.id.clone(),
+            pid: output.pid,
+        });
         // Input: client messages to the guest. Ends with the client or the process.
         tokio::spawn(async move {
             while let Some(msg) = in_rx.recv().await {
                 let r = match msg {
                     ExecClientMessage::Stdin { data, data_b64 } => {
                         let bytes = match (data, data_b64) {
-                            (_, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
-                                Ok(v) => v,
-                                Err(_) => continue,
-                            },
+                            (_, Some(b)) => {
+                                match base64::engine::general_purpose::STANDARD.decode(b) {
+                                    Ok(v) => v,
+                                    Err(_) => continue,
+                                }
+                            }
                             (Some(t), None) => t.into_bytes(),
                             (None, None) => continue,
                         };
@@ -228,14 +287,22 @@ impl Runtime {
         tokio::spawn(async move {
             loop {
                 let ev = match output.next().await {
-                    Ok(ExecOutput::Stdout { ts_micros, data }) => text_event(true, ts_micros, &data),
-                    Ok(ExecOutput::Stderr { ts_micros, data }) => text_event(false, ts_micros, &data),
+                    Ok(ExecOutput::Stdout { ts_micros, data }) => {
+                        text_event(true, ts_micros, &data)
+                    }
+                    Ok(ExecOutput::Stderr { ts_micros, data }) => {
+                        text_event(false, ts_micros, &data)
+                    }
                     Ok(ExecOutput::Exited(st)) => {
                         let _ = ev_tx.send(ExecEvent::Exit(runtime_oom(st))).await;
                         break;
                     }
                     Err(err) => {
-                        let _ = ev_tx.send(ExecEvent::Error { error: guest_error(&sid, err) }).await;
+                        let _ = ev_tx
+                            .send(ExecEvent::Error {
+                                error: guest_error(&sid, err),
+                            })
+                            .await;
                         break;
                     }
                 };
@@ -246,6 +313,9 @@ impl Runtime {
                 }
             }
         });
-        ExecStream { events: ev_rx, input: in_tx }
+        ExecStream {
+            events: ev_rx,
+            input: in_tx,
+        }
     }
 }

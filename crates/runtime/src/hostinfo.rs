@@ -34,7 +34,10 @@ fn in_path(bin: &str) -> bool {
 
 pub fn probe() -> Probe {
     let fss = filesystems();
-    let has_fs = |name: &str| fss.lines().any(|l| l.split_whitespace().last() == Some(name));
+    let has_fs = |name: &str| {
+        fss.lines()
+            .any(|l| l.split_whitespace().last() == Some(name))
+    };
     let kvm = Path::new("/dev/kvm").exists();
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
     let kvm_note = match (kvm, pvm) {
@@ -46,10 +49,15 @@ pub fn probe() -> Probe {
     };
     Probe {
         kernel: read("/proc/sys/kernel/osrelease"),
-        user_namespaces: read("/proc/sys/user/max_user_namespaces").parse::<u64>().unwrap_or(0) > 0,
+        user_namespaces: read("/proc/sys/user/max_user_namespaces")
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 0,
         overlayfs: has_fs("overlay"),
         seccomp: Path::new("/proc/sys/kernel/seccomp/actions_avail").exists(),
-        landlock: read("/sys/kernel/security/lsm").split(',').any(|l| l == "landlock"),
+        landlock: read("/sys/kernel/security/lsm")
+            .split(',')
+            .any(|l| l == "landlock"),
         btrfs: has_fs("btrfs"),
         kvm,
         kvm_note,

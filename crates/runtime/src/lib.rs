@@ -107,13 +107,19 @@ impl Entry {
         self.record().sandbox.id.clone()
     }
     fn container(&self) -> Option<Arc<Container>> {
-        self.container.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     fn set_container(&self, c: Option<Arc<Container>>) {
         *self.container.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
     fn client(&self) -> Option<Arc<GuestClient>> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     fn set_client(&self, c: Option<Arc<GuestClient>>) {
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = c;
@@ -131,12 +137,17 @@ pub struct Runtime {
 }
 
 pub(crate) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn container_error(e: ContainerError) -> ApiError {
     match e {
-        ContainerError::Template(hull_fs::TemplateError::NotFound(_)) => ApiError::not_found(e.to_string()),
+        ContainerError::Template(hull_fs::TemplateError::NotFound(_)) => {
+            ApiError::not_found(e.to_string())
+        }
         ContainerError::Template(hull_fs::TemplateError::Unavailable { .. }) => {
             ApiError::new(ErrorKind::Unavailable, e.to_string())
         }
@@ -187,7 +198,10 @@ fn new_id() -> String {
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut b = [0u8; 12];
     getrandom::fill(&mut b).unwrap_or_else(|_| {
-        let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         for (i, v) in b.iter_mut().enumerate() {
             *v = (n >> (i * 5)) as u8;
         }
@@ -202,7 +216,11 @@ fn new_id() -> String {
 
 fn push_event(r: &mut Record, kind: &str, message: impl Into<String>) {
     let ev = &mut r.sandbox.events;
-    ev.push(SandboxEvent { time: now(), kind: kind.into(), message: message.into() });
+    ev.push(SandboxEvent {
+        time: now(),
+        kind: kind.into(),
+        message: message.into(),
+    });
     if ev.len() > MAX_EVENTS {
         let drop = ev.len() - MAX_EVENTS;
         ev.drain(..drop);
@@ -222,10 +240,17 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
 
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {
-        return Err(ApiError::invalid(format!("at most {MAX_LABELS} labels per sandbox")));
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_LABELS} labels per sandbox"
+        )));
     }
     for (k, v) in labels {
-        if k.is_empty() || k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN || k.contains(['=', '\0']) || v.contains('\0') {
+        if k.is_empty()
+            || k.len() > MAX_LABEL_LEN
+            || v.len() > MAX_LABEL_LEN
+            || k.contains(['=', '\0'])
+            || v.contains('\0')
+        {
             return Err(ApiError::invalid(format!(
                 "invalid label {k:?}: keys are 1-{MAX_LABEL_LEN} characters without '=', values at most {MAX_LABEL_LEN}"
             )));
@@ -240,11 +265,21 @@ impl Runtime {
     pub async fn open(config: RuntimeConfig) -> Result<Arc<Runtime>, ApiError> {
         config.defaults.validate()?;
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            ApiError::internal(format!("cannot create state directory {}: {e}", config.state_dir.display()))
+            ApiError::internal(format!(
+                "cannot create state directory {}: {e}",
+                config.state_dir.display()
+            ))
         })?;
-        let state_dir = std::fs::canonicalize(&config.state_dir)
-            .map_err(|e| ApiError::internal(format!("state directory {}: {e}", config.state_dir.display())))?;
-        let config = RuntimeConfig { state_dir, ..config };
+        let state_dir = std::fs::canonicalize(&config.state_dir).map_err(|e| {
+            ApiError::internal(format!(
+                "state directory {}: {e}",
+                config.state_dir.display()
+            ))
+        })?;
+        let config = RuntimeConfig {
+            state_dir,
+            ..config
+        };
         let host = {
             let (dir, guest) = (config.state_dir.clone(), config.guest_binary.clone());
             tokio::task::spawn_blocking(move || ContainerHost::open(&dir, guest))
@@ -293,7 +328,15 @@ impl Runtime {
                                 match GuestClient::connect(&self.socket_of(&entry)).await {
                                     Ok(cl) => entry.set_client(Some(Arc::new(cl))),
                                     Err(e) => {
-                                        self.fail(&entry, "guest_lost", format!("guest agent unreachable after daemon restart: {}", error_chain(&e))).await;
+                                        self.fail(
+                                            &entry,
+                                            "guest_lost",
+                                            format!(
+                                                "guest agent unreachable after daemon restart: {}",
+                                                error_chain(&e)
+                                            ),
+                                        )
+                                        .await;
                                         known.push(id.clone());
                                         self.insert(entry);
                                         continue;
@@ -302,7 +345,11 @@ impl Runtime {
                             }
                             {
                                 let mut rec = entry.record();
-                                push_event(&mut rec, "adopted", "re-adopted after a daemon restart");
+                                push_event(
+                                    &mut rec,
+                                    "adopted",
+                                    "re-adopted after a daemon restart",
+                                );
                                 let _ = self.store.put(&rec);
                             }
                             known.push(id.clone());
@@ -338,7 +385,12 @@ impl Runtime {
         // Anything on the host the store does not know (killed mid-create
         // before the first write): remove.
         for id in self.host.leftovers() {
-            let live = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|e| e.state());
+            let live = self
+                .sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+                .map(|e| e.state());
             if !matches!(live, Some(SandboxState::Running | SandboxState::Paused)) {
                 let host = self.host.clone();
                 let _ = tokio::task::spawn_blocking(move || host.cleanup(&id)).await;
@@ -349,11 +401,19 @@ impl Runtime {
 
     fn insert(&self, e: Arc<Entry>) {
         let id = e.id();
-        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, e);
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, e);
     }
 
     fn socket_of(&self, e: &Entry) -> PathBuf {
-        self.config.state_dir.join("sandboxes").join(e.id()).join("run").join("agent.sock")
+        self.config
+            .state_dir
+            .join("sandboxes")
+            .join(e.id())
+            .join("run")
+            .join("agent.sock")
     }
 
     fn persist(&self, e: &Entry) -> Result<(), ApiError> {
@@ -372,7 +432,9 @@ impl Runtime {
         map.values()
             .find(|e| e.record().sandbox.name.as_deref() == Some(id_or_name))
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("no sandbox with id or name {id_or_name:?}")))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no sandbox with id or name {id_or_name:?}"))
+            })
     }
 
     /// Record activity: sessions extend their TTL; idle timers restart.
@@ -380,25 +442,28 @@ impl Runtime {
         let mut r = e.record();
         let t = now();
         r.last_activity = t;
-        if r.sandbox.profile == Profile::Session {
-            if let (Some(ttl), Some(exp)) = (r.ttl_seconds, r.sandbox.expires_at) {
-                if t + ttl > exp {
-                    r.sandbox.expires_at = Some(t + ttl);
-                }
-            }
+        if r.sandbox.profile == Profile::Session
+            && let (Some(ttl), Some(exp)) = (r.ttl_seconds, r.sandbox.expires_at)
+            && t + ttl > exp
+        {
+            r.sandbox.expires_at = Some(t + ttl);
         }
     }
 
     /// A running sandbox's guest client, or a conflict error naming its state.
-    fn running_client(&self, id: &str, op: &str) -> Result<(Arc<Entry>, Arc<GuestClient>), ApiError> {
+    fn running_client(
+        &self,
+        id: &str,
+        op: &str,
+    ) -> Result<(Arc<Entry>, Arc<GuestClient>), ApiError> {
         let e = self.lookup(id)?;
         let state = e.state();
         if state != SandboxState::Running {
             return Err(ApiError::conflict(state::refusal(&e.id(), state, op)));
         }
-        let client = e
-            .client()
-            .ok_or_else(|| ApiError::unavailable(format!("sandbox {} has no guest connection", e.id())))?;
+        let client = e.client().ok_or_else(|| {
+            ApiError::unavailable(format!("sandbox {} has no guest connection", e.id()))
+        })?;
         self.touch(&e);
         Ok((e, client))
     }
@@ -432,17 +497,34 @@ impl Runtime {
                 .templates()
                 .status()
                 .into_iter()
-                .map(|t| TemplateInfo { name: t.name, available: t.available, description: t.description, note: t.note })
+                .map(|t| TemplateInfo {
+                    name: t.name,
+                    available: t.available,
+                    description: t.description,
+                    note: t.note,
+                })
                 .collect(),
-            sandboxes: self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            sandboxes: self
+                .sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
             defaults: self.config.defaults,
         }
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
         let template = req.template.clone().unwrap_or_else(|| "host".into());
-        if template.is_empty() || template.len() > 128 || !template.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || template.starts_with('.') {
-            return Err(ApiError::invalid(format!("invalid template name {template:?}")));
+        if template.is_empty()
+            || template.len() > 128
+            || !template
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || template.starts_with('.')
+        {
+            return Err(ApiError::invalid(format!(
+                "invalid template name {template:?}"
+            )));
         }
         if !self.host.templates().names().contains(&template.as_str()) {
             return Err(ApiError::not_found(format!(
@@ -454,33 +536,47 @@ impl Runtime {
         let limits = req.limits.resolve(&self.config.defaults)?;
         validate_env(&req.env)?;
         validate_labels(&req.labels)?;
-        if let Some(u) = &req.user {
-            if u.is_empty() || u.len() > 64 || u.contains(['\0', '/', '\n']) {
-                return Err(ApiError::invalid(format!("invalid user {u:?}")));
-            }
+        if let Some(u) = &req.user
+            && (u.is_empty() || u.len() > 64 || u.contains(['\0', '/', '\n']))
+        {
+            return Err(ApiError::invalid(format!("invalid user {u:?}")));
         }
-        if let Some(w) = &req.workdir {
-            if !w.starts_with('/') || w.contains('\0') || w.len() > 4096 {
-                return Err(ApiError::invalid(format!("workdir {w:?} must be an absolute path")));
-            }
+        if let Some(w) = &req.workdir
+            && (!w.starts_with('/') || w.contains('\0') || w.len() > 4096)
+        {
+            return Err(ApiError::invalid(format!(
+                "workdir {w:?} must be an absolute path"
+            )));
         }
         let ttl = req.ttl_seconds.or(match profile {
             Profile::Rollout => Some(ROLLOUT_TTL_SECONDS),
             Profile::Session => Some(SESSION_TTL_SECONDS),
         });
-        for (what, v) in [("ttl_seconds", ttl), ("idle_timeout_seconds", req.idle_timeout_seconds)] {
-            if let Some(v) = v {
-                if v > hull_api::MAX_TTL_SECONDS {
-                    return Err(ApiError::invalid(format!("{what} {v} exceeds the maximum of {} (30 days)", hull_api::MAX_TTL_SECONDS)));
-                }
+        for (what, v) in [
+            ("ttl_seconds", ttl),
+            ("idle_timeout_seconds", req.idle_timeout_seconds),
+        ] {
+            if let Some(v) = v
+                && v > hull_api::MAX_TTL_SECONDS
+            {
+                return Err(ApiError::invalid(format!(
+                    "{what} {v} exceeds the maximum of {} (30 days)",
+                    hull_api::MAX_TTL_SECONDS
+                )));
             }
         }
         let ttl = ttl.filter(|t| *t > 0);
         if let Some(name) = &req.name {
             validate_dns_label("name", name)?;
             let map = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
-            if map.contains_key(name) || map.values().any(|e| e.record().sandbox.name.as_deref() == Some(name)) {
-                return Err(ApiError::conflict(format!("a sandbox named {name:?} already exists")));
+            if map.contains_key(name)
+                || map
+                    .values()
+                    .any(|e| e.record().sandbox.name.as_deref() == Some(name))
+            {
+                return Err(ApiError::conflict(format!(
+                    "a sandbox named {name:?} already exists"
+                )));
             }
         }
 
@@ -515,10 +611,14 @@ impl Runtime {
         {
             // Names are unique: check again under the map lock as we insert.
             let mut map = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(name) = &req.name {
-                if map.values().any(|e| e.record().sandbox.name.as_deref() == Some(name.as_str())) {
-                    return Err(ApiError::conflict(format!("a sandbox named {name:?} already exists")));
-                }
+            if let Some(name) = &req.name
+                && map
+                    .values()
+                    .any(|e| e.record().sandbox.name.as_deref() == Some(name.as_str()))
+            {
+                return Err(ApiError::conflict(format!(
+                    "a sandbox named {name:?} already exists"
+                )));
             }
             map.insert(id.clone(), entry.clone());
         }
@@ -557,7 +657,10 @@ impl Runtime {
                 let _ = tokio::task::spawn_blocking(move || host.destroy(Some(&c))).await;
                 let _ = self.store.delete(&id);
                 self.forget(&id);
-                return Err(ApiError::internal(format!("sandbox started but its agent did not answer: {}", error_chain(&err))));
+                return Err(ApiError::internal(format!(
+                    "sandbox started but its agent did not answer: {}",
+                    error_chain(&err)
+                )));
             }
         };
         {
@@ -579,7 +682,10 @@ impl Runtime {
     }
 
     fn forget(&self, id: &str) {
-        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Look up by id or name.
@@ -591,13 +697,23 @@ impl Runtime {
 
     /// All sandboxes carrying every given label.
     pub async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<Sandbox>, ApiError> {
-        let entries: Vec<Arc<Entry>> = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let entries: Vec<Arc<Entry>> = self
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let mut out: Vec<Sandbox> = entries
             .iter()
             .map(|e| e.snapshot())
             .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
             .collect();
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(out)
     }
 
@@ -641,7 +757,9 @@ impl Runtime {
             .map_err(container_error)?;
         if e.client().is_none() {
             // Adopted while paused: connect now that the agent runs again.
-            let cl = GuestClient::connect(&self.socket_of(&e)).await.map_err(|err| guest_error(&e.id(), err))?;
+            let cl = GuestClient::connect(&self.socket_of(&e))
+                .await
+                .map_err(|err| guest_error(&e.id(), err))?;
             e.set_client(Some(Arc::new(cl)));
         }
         {
@@ -657,13 +775,20 @@ impl Runtime {
     /// Reset the TTL to `ttl_seconds` from now (0 removes it).
     pub async fn set_ttl(&self, id: &str, ttl_seconds: u64) -> Result<Sandbox, ApiError> {
         if ttl_seconds > hull_api::MAX_TTL_SECONDS {
-            return Err(ApiError::invalid(format!("ttl {ttl_seconds} exceeds the maximum of {} seconds (30 days)", hull_api::MAX_TTL_SECONDS)));
+            return Err(ApiError::invalid(format!(
+                "ttl {ttl_seconds} exceeds the maximum of {} seconds (30 days)",
+                hull_api::MAX_TTL_SECONDS
+            )));
         }
         let e = self.lookup(id)?;
         let _g = e.lifecycle.lock().await;
         let state = e.state();
         if !matches!(state, SandboxState::Running | SandboxState::Paused) {
-            return Err(ApiError::conflict(state::refusal(&e.id(), state, "set the TTL of")));
+            return Err(ApiError::conflict(state::refusal(
+                &e.id(),
+                state,
+                "set the TTL of",
+            )));
         }
         {
             let mut r = e.record();
@@ -726,8 +851,14 @@ impl Runtime {
         let e = self.lookup(id)?;
         let _g = e.lifecycle.lock().await;
         let state = e.state();
-        if state != SandboxState::Stopping && !state::valid_transition(state, SandboxState::Stopping) {
-            return Err(ApiError::conflict(state::refusal(&e.id(), state, "destroy")));
+        if state != SandboxState::Stopping
+            && !state::valid_transition(state, SandboxState::Stopping)
+        {
+            return Err(ApiError::conflict(state::refusal(
+                &e.id(),
+                state,
+                "destroy",
+            )));
         }
         if !matches!(state, SandboxState::Stopped) {
             self.teardown(&e).await?;
@@ -767,30 +898,52 @@ impl Runtime {
 
     /// One pass of the monitor: dead guests, OOM kills, TTL and idle expiry.
     async fn monitor_once(&self) {
-        let entries: Vec<Arc<Entry>> = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let entries: Vec<Arc<Entry>> = self
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let t = now();
         for e in entries {
             let (state, expires, idle, last) = {
                 let r = e.record();
-                (r.sandbox.state, r.sandbox.expires_at, r.sandbox.idle_timeout_seconds, r.last_activity)
+                (
+                    r.sandbox.state,
+                    r.sandbox.expires_at,
+                    r.sandbox.idle_timeout_seconds,
+                    r.last_activity,
+                )
             };
             if !matches!(state, SandboxState::Running | SandboxState::Paused) {
                 continue;
             }
-            if let Some(c) = e.container() {
-                if c.exited() {
-                    let Ok(_g) = e.lifecycle.try_lock() else { continue };
-                    if matches!(e.state(), SandboxState::Running | SandboxState::Paused) {
-                        self.fail(&e, "guest_lost", "the sandbox's init (PID 1) exited; its processes are gone".into()).await;
-                    }
+            if let Some(c) = e.container()
+                && c.exited()
+            {
+                let Ok(_g) = e.lifecycle.try_lock() else {
                     continue;
+                };
+                if matches!(e.state(), SandboxState::Running | SandboxState::Paused) {
+                    self.fail(
+                        &e,
+                        "guest_lost",
+                        "the sandbox's init (PID 1) exited; its processes are gone".into(),
+                    )
+                    .await;
                 }
+                continue;
             }
             self.check_oom(&e);
             let expired = expires.is_some_and(|x| t >= x);
             let idled = idle.is_some_and(|i| t >= last + i);
             if expired || idled {
-                let why = if expired { "TTL expired" } else { "idle timeout passed" };
+                let why = if expired {
+                    "TTL expired"
+                } else {
+                    "idle timeout passed"
+                };
                 tracing::info!(sandbox = %e.id(), "{why}; destroying");
                 let id = e.id();
                 if let Err(err) = self.destroy(&id).await {
@@ -809,7 +962,11 @@ impl Runtime {
             let n = kills - r.oom_seen;
             r.oom_seen = kills;
             let limit = hull_api::format_size(r.sandbox.limits.memory_bytes);
-            push_event(&mut r, "oom", format!("the memory limit ({limit}) was hit: the OOM killer ended {n} process(es)"));
+            push_event(
+                &mut r,
+                "oom",
+                format!("the memory limit ({limit}) was hit: the OOM killer ended {n} process(es)"),
+            );
             let _ = self.store.put(&r);
             return true;
         }
@@ -818,7 +975,13 @@ impl Runtime {
 
     /// Destroy every sandbox and remove everything this daemon made on the host.
     pub async fn system_reset(&self) -> Result<Vec<String>, ApiError> {
-        let ids: Vec<String> = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let ids: Vec<String> = self
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let mut removed = Vec::new();
         for id in ids {
             if self.destroy(&id).await.is_ok() {
@@ -826,7 +989,10 @@ impl Runtime {
             }
         }
         self.store.clear().map_err(store_error)?;
-        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let host = self.host.clone();
         let mut more = tokio::task::spawn_blocking(move || host.reset())
             .await
@@ -838,7 +1004,12 @@ impl Runtime {
 
     /// Stop background tasks; sandboxes keep running.
     pub async fn shutdown(&self) {
-        if let Some(h) = self.monitor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             h.abort();
         }
     }

@@ -13,11 +13,21 @@ pub fn valid_transition(from: SandboxState, to: SandboxState) -> bool {
         (Paused, Running) | (Paused, Stopping) | (Paused, Failed) => true,
         (Paused, Creating) | (Paused, Paused) | (Paused, Stopped) => false,
         (Stopping, Stopped) | (Stopping, Failed) => true,
-        (Stopping, Creating) | (Stopping, Running) | (Stopping, Paused) | (Stopping, Stopping) => false,
+        (Stopping, Creating) | (Stopping, Running) | (Stopping, Paused) | (Stopping, Stopping) => {
+            false
+        }
         (Stopped, Stopping) => true,
-        (Stopped, Creating) | (Stopped, Running) | (Stopped, Paused) | (Stopped, Stopped) | (Stopped, Failed) => false,
+        (Stopped, Creating)
+        | (Stopped, Running)
+        | (Stopped, Paused)
+        | (Stopped, Stopped)
+        | (Stopped, Failed) => false,
         (Failed, Stopping) => true,
-        (Failed, Creating) | (Failed, Running) | (Failed, Paused) | (Failed, Stopped) | (Failed, Failed) => false,
+        (Failed, Creating)
+        | (Failed, Running)
+        | (Failed, Paused)
+        | (Failed, Stopped)
+        | (Failed, Failed) => false,
     }
 }
 
@@ -51,7 +61,10 @@ mod tests {
         assert!(!valid_transition(Failed, Running));
         // Everything can be torn down.
         for s in ALL {
-            assert!(s == Stopping || valid_transition(s, Stopping), "{s} -> stopping");
+            assert!(
+                s == Stopping || valid_transition(s, Stopping),
+                "{s} -> stopping"
+            );
         }
     }
 }

@@ -59,7 +59,9 @@ impl Store {
                  body TEXT NOT NULL
              );",
         )?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -68,7 +70,10 @@ impl Store {
 
     /// Insert or replace a record.
     pub fn put(&self, r: &Record) -> Result<(), StoreError> {
-        let body = serde_json::to_string(r).map_err(|source| StoreError::Corrupt { id: r.sandbox.id.clone(), source })?;
+        let body = serde_json::to_string(r).map_err(|source| StoreError::Corrupt {
+            id: r.sandbox.id.clone(),
+            source,
+        })?;
         self.conn().execute(
             "INSERT INTO sandboxes (id, name, body) VALUES (?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, body = excluded.body",
@@ -78,15 +83,27 @@ impl Store {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        self.conn()
+            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
         Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let body: Option<String> =
-            self.conn().query_row("SELECT body FROM sandboxes WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
-        body.map(|b| serde_json::from_str(&b).map_err(|source| StoreError::Corrupt { id: id.into(), source }))
-            .transpose()
+        let body: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT body FROM sandboxes WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|source| StoreError::Corrupt {
+                id: id.into(),
+                source,
+            })
+        })
+        .transpose()
     }
 
     pub fn all(&self) -> Result<Vec<Record>, StoreError> {
@@ -96,7 +113,9 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;
-            out.push(serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id, source })?);
+            out.push(
+                serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id, source })?,
+            );
         }
         Ok(out)
     }

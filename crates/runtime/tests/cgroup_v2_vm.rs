@@ -34,7 +34,9 @@ fn guest_kernel() -> Option<(PathBuf, String)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let version = name.strip_prefix("vmlinuz-")?.to_string();
-            version.ends_with("-cloud-amd64").then(|| (e.path(), version))
+            version
+                .ends_with("-cloud-amd64")
+                .then(|| (e.path(), version))
         })
         .collect();
     found.sort();
@@ -44,12 +46,17 @@ fn guest_kernel() -> Option<(PathBuf, String)> {
 fn copy_into(root: &Path, from: &Path, to: &str) {
     let dest = root.join(to.trim_start_matches('/'));
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    std::fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), dest.display()));
+    std::fs::copy(from, &dest)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), dest.display()));
 }
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -91,7 +98,10 @@ fn limits_under_cgroup_v2_in_qemu() {
         eprintln!("SKIP {msg}");
         return;
     };
-    let work = tempfile::Builder::new().prefix("hull-vm").tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("hull-vm")
+        .tempdir()
+        .unwrap();
     let root = work.path().join("root");
     copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox");
     copy_into(&root, &std::env::current_exe().unwrap(), "/hull/test");
@@ -108,7 +118,11 @@ fn limits_under_cgroup_v2_in_qemu() {
     ] {
         let p = modules.join(rel);
         if p.exists() {
-            copy_into(&root, &p, &format!("/modules/{}", p.file_name().unwrap().to_string_lossy()));
+            copy_into(
+                &root,
+                &p,
+                &format!("/modules/{}", p.file_name().unwrap().to_string_lossy()),
+            );
         }
     }
     std::fs::write(root.join("init"), INIT).unwrap();
@@ -125,13 +139,24 @@ fn limits_under_cgroup_v2_in_qemu() {
 
     let start = Instant::now();
     let mut child = Command::new(qemu)
-        .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048",
+        ])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 cgroup_no_v1=all panic=-1 quiet loglevel=3"])
+        .args([
+            "-append",
+            "console=ttyS0 cgroup_no_v1=all panic=-1 quiet loglevel=3",
+        ])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", disk.display()))
         .stdin(Stdio::null())
@@ -156,7 +181,10 @@ fn limits_under_cgroup_v2_in_qemu() {
             break;
         }
         if start.elapsed() > deadline {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = child.wait();
             break;
         }
@@ -164,50 +192,96 @@ fn limits_under_cgroup_v2_in_qemu() {
     }
     reader.join().unwrap();
     let console = std::fs::read_to_string(&out_path).unwrap_or_default();
-    println!("--- guest console ({:.1} s) ---\n{console}", start.elapsed().as_secs_f64());
-    let verdict = console.lines().find_map(|l| l.trim().strip_prefix(VERDICT)).unwrap_or("none (timed out?)");
-    assert_eq!(verdict, "ok", "inner test in the cgroup v2 guest: {verdict}");
+    println!(
+        "--- guest console ({:.1} s) ---\n{console}",
+        start.elapsed().as_secs_f64()
+    );
+    let verdict = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(VERDICT))
+        .unwrap_or("none (timed out?)");
+    assert_eq!(
+        verdict, "ok",
+        "inner test in the cgroup v2 guest: {verdict}"
+    );
 }
 
 /// Runs inside the guest only (booted by the test above).
 #[ignore = "runs inside the QEMU guest booted by limits_under_cgroup_v2_in_qemu"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inner_limits_under_cgroup_v2() {
-    assert_eq!(std::env::var("HULL_IN_VM").as_deref(), Ok("1"), "only meant to run inside the test VM");
+    assert_eq!(
+        std::env::var("HULL_IN_VM").as_deref(),
+        Ok("1"),
+        "only meant to run inside the test VM"
+    );
     let kit = Kit::new().await;
     let info = kit.rt.host_info();
-    println!("cgroup mode {} controllers {:?}", info.cgroup_mode, info.cgroup_controllers);
+    println!(
+        "cgroup mode {} controllers {:?}",
+        info.cgroup_mode, info.cgroup_controllers
+    );
     assert_eq!(info.cgroup_mode, "v2");
     for c in ["memory", "cpu", "pids"] {
-        assert_eq!(info.cgroup_controllers.get(c).map(String::as_str), Some("v2"), "{c}");
+        assert_eq!(
+            info.cgroup_controllers.get(c).map(String::as_str),
+            Some("v2"),
+            "{c}"
+        );
     }
     let sb = kit
-        .create_with("busybox", LimitsRequest { memory_bytes: Some(64 * MIB), pids: Some(32), ..Default::default() })
+        .create_with(
+            "busybox",
+            LimitsRequest {
+                memory_bytes: Some(64 * MIB),
+                pids: Some(32),
+                ..Default::default()
+            },
+        )
         .await;
     let id = sb.id.clone();
     let cg = format!("/sys/fs/cgroup/hull-{}/{id}", info.instance_id);
     let read = |f: &str| std::fs::read_to_string(format!("{cg}/{f}")).unwrap_or_default();
     assert_eq!(read("memory.max").trim(), (64 * MIB).to_string());
     assert_eq!(read("pids.max").trim(), "32");
-    assert!(read("cpu.max").starts_with("100000 100000"), "cpu.max {}", read("cpu.max"));
+    assert!(
+        read("cpu.max").starts_with("100000 100000"),
+        "cpu.max {}",
+        read("cpu.max")
+    );
     assert_eq!(kit.sh(&id, "echo hello").await.stdout, "hello\n");
 
     // Memory: the offender is OOM-killed; the sandbox records it and lives on.
-    let r = kit.sh(&id, "head -c 200m /dev/zero | tail > /dev/null").await;
+    let r = kit
+        .sh(&id, "head -c 200m /dev/zero | tail > /dev/null")
+        .await;
     assert_ne!(r.exit_code, Some(0), "{r:?}");
     let got = kit.rt.get(&id).await.unwrap();
-    assert!(got.events.iter().any(|e| e.kind == "oom"), "oom event recorded: {:?}", got.events);
+    assert!(
+        got.events.iter().any(|e| e.kind == "oom"),
+        "oom event recorded: {:?}",
+        got.events
+    );
     assert_eq!(kit.sh(&id, "echo alive").await.stdout, "alive\n");
 
     // Pids: forks beyond the limit fail inside.
-    let r = kit.sh(&id, "for i in $(seq 1 60); do sleep 5 & done 2>/dev/null; jobs -p | wc -l").await;
+    let r = kit
+        .sh(
+            &id,
+            "for i in $(seq 1 60); do sleep 5 & done 2>/dev/null; jobs -p | wc -l",
+        )
+        .await;
     let running: u32 = r.stdout.trim().parse().unwrap_or(999);
     assert!(running < 32, "pids limit holds: {r:?}");
 
     // Freezer: cgroup.freeze.
     let paused = kit.rt.pause(&id).await.unwrap();
     assert_eq!(paused.state, SandboxState::Paused);
-    assert!(read("cgroup.events").contains("frozen 1"), "{}", read("cgroup.events"));
+    assert!(
+        read("cgroup.events").contains("frozen 1"),
+        "{}",
+        read("cgroup.events")
+    );
     kit.rt.resume(&id).await.unwrap();
     assert_eq!(kit.sh(&id, "echo thawed").await.stdout, "thawed\n");
 

@@ -274,30 +274,35 @@ impl CgroupManager {
             parent: parent.to_string(),
             layout,
         };
-        for root in m.roots() {
-            let dir = root.join(&m.parent);
+        m.ensure_parent()?;
+        Ok(m)
+    }
+
+    /// Create the parent group in each hierarchy (again, after `remove_all`)
+    /// and, on v2, delegate the controllers to it.
+    fn ensure_parent(&self) -> Result<(), CgroupError> {
+        for root in self.roots() {
+            let dir = root.join(&self.parent);
             match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("creating", &dir)(e)),
             }
         }
-        if m.layout.mode == CgroupMode::V2 {
-            // Delegate the controllers down to the sandboxes' groups.
-            let root = m.layout.memory.root().to_path_buf();
-            for dir in [root.clone(), root.join(&m.parent)] {
-                let want = "+memory +cpu +pids";
+        if self.layout.mode == CgroupMode::V2 {
+            let root = self.layout.memory.root().to_path_buf();
+            for dir in [root.clone(), root.join(&self.parent)] {
                 let have =
                     fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
                 if !["memory", "cpu", "pids"]
                     .iter()
                     .all(|c| have.split_whitespace().any(|h| h == *c))
                 {
-                    write(&dir.join("cgroup.subtree_control"), want)?;
+                    write(&dir.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
                 }
             }
         }
-        Ok(m)
+        Ok(())
     }
 
     pub fn mode(&self) -> CgroupMode {
@@ -353,6 +358,7 @@ impl CgroupManager {
     /// Create a sandbox's group with its limits. Fails if it exists.
     pub fn create(&self, id: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
         check_name(id)?;
+        self.ensure_parent()?;
         let cg = self.group(id);
         for dir in cg.dirs() {
             match fs::create_dir(&dir) {

@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_proto::{
-    ExecInput, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, ProcInfo, Response, now_micros, read_frame,
-    write_frame,
+    ExecInput, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, ProcInfo, Response,
+    now_micros, read_frame, write_frame,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
@@ -46,12 +46,23 @@ pub(crate) const MAX_KEPT: usize = 256;
 /// How long output is still drained after the process exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 /// Signals PID 1 forwards to the processes it started.
-const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 /// One piece of output or the end.
 #[derive(Debug, Clone)]
 enum Event {
-    Out { stderr: bool, ts: u64, data: Arc<Vec<u8>> },
+    Out {
+        stderr: bool,
+        ts: u64,
+        data: Arc<Vec<u8>>,
+    },
     Exit(ExitStatus),
 }
 
@@ -83,6 +94,9 @@ struct Hub {
     subs: Vec<mpsc::Sender<Event>>,
     exit: Option<ExitStatus>,
 }
+
+/// How a process ended: exit code or signal.
+type Ended = (Option<i32>, Option<i32>);
 
 /// Input for the process: stdin bytes in order, then EOF (None).
 type StdinTx = mpsc::Sender<Option<Vec<u8>>>;
@@ -118,7 +132,15 @@ impl Proc {
     fn subscribe(&self, replay: bool) -> mpsc::Receiver<Event> {
         let mut hub = lock(&self.hub);
         let backlog: Vec<Event> = if replay {
-            hub.ring.chunks.iter().map(|(s, ts, d)| Event::Out { stderr: *s, ts: *ts, data: d.clone() }).collect()
+            hub.ring
+                .chunks
+                .iter()
+                .map(|(s, ts, d)| Event::Out {
+                    stderr: *s,
+                    ts: *ts,
+                    data: d.clone(),
+                })
+                .collect()
         } else {
             Vec::new()
         };
@@ -152,13 +174,18 @@ struct RegistryInner {
     procs: HashMap<String, Arc<Proc>>,
     order: VecDeque<String>,
     /// pid -> where its exit status goes.
-    waiters: HashMap<i32, oneshot::Sender<(Option<i32>, Option<i32>)>>,
+    waiters: HashMap<i32, oneshot::Sender<Ended>>,
 }
 
 impl Registry {
     pub(crate) fn list(&self) -> Vec<ProcInfo> {
         let inner = lock(&self.inner);
-        inner.order.iter().filter_map(|id| inner.procs.get(id)).map(|p| p.info()).collect()
+        inner
+            .order
+            .iter()
+            .filter_map(|id| inner.procs.get(id))
+            .map(|p| p.info())
+            .collect()
     }
 
     fn get(&self, id: &str) -> Option<Arc<Proc>> {
@@ -167,13 +194,20 @@ impl Registry {
 
     pub(crate) fn signal(&self, id: &str, signal: i32) -> Result<(), GuestError> {
         if !(1..=64).contains(&signal) {
-            return Err(GuestError::new(GuestErrorKind::InvalidArgument, format!("invalid signal {signal}")));
+            return Err(GuestError::new(
+                GuestErrorKind::InvalidArgument,
+                format!("invalid signal {signal}"),
+            ));
         }
         let p = self.get(id).ok_or_else(|| unknown(id))?;
         if lock(&p.hub).exit.is_some() {
-            return Err(GuestError::new(GuestErrorKind::Conflict, format!("process {id} has already exited")));
+            return Err(GuestError::new(
+                GuestErrorKind::Conflict,
+                format!("process {id} has already exited"),
+            ));
         }
-        p.kill_group(signal).map_err(|e| super::os_error(e, format!("signalling process {id}")))
+        p.kill_group(signal)
+            .map_err(|e| super::os_error(e, format!("signalling process {id}")))
     }
 
     /// Forget finished foreground processes; evict the oldest finished
@@ -182,10 +216,18 @@ impl Registry {
         let finished: Vec<String> = inner
             .order
             .iter()
-            .filter(|id| inner.procs.get(*id).is_some_and(|p| lock(&p.hub).exit.is_some()))
+            .filter(|id| {
+                inner
+                    .procs
+                    .get(*id)
+                    .is_some_and(|p| lock(&p.hub).exit.is_some())
+            })
             .cloned()
             .collect();
-        let mut kept_bg = finished.iter().filter(|id| inner.procs[*id].background).count();
+        let mut kept_bg = finished
+            .iter()
+            .filter(|id| inner.procs[*id].background)
+            .count();
         for id in finished {
             let bg = inner.procs[&id].background;
             if !bg || kept_bg > MAX_KEPT {
@@ -200,7 +242,10 @@ impl Registry {
 }
 
 fn unknown(id: &str) -> GuestError {
-    GuestError::new(GuestErrorKind::NotFound, format!("no process {id:?} in this sandbox (see `procs`)"))
+    GuestError::new(
+        GuestErrorKind::NotFound,
+        format!("no process {id:?} in this sandbox (see `procs`)"),
+    )
 }
 
 /// Reap children on SIGCHLD.
@@ -217,7 +262,7 @@ pub(crate) fn start_reaper(agent: Arc<Agent>, pid1: bool) -> io::Result<()> {
     Ok(())
 }
 
-fn decode(status: nix::sys::wait::WaitStatus) -> Option<(i32, (Option<i32>, Option<i32>))> {
+fn decode(status: nix::sys::wait::WaitStatus) -> Option<(i32, Ended)> {
     use nix::sys::wait::WaitStatus::*;
     match status {
         Exited(pid, code) => Some((pid.as_raw(), (Some(code), None))),
@@ -231,7 +276,9 @@ fn reap(reg: &Registry, pid1: bool) {
     let mut inner = lock(&reg.inner);
     if pid1 {
         while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            let Some((pid, result)) = decode(st) else { break };
+            let Some((pid, result)) = decode(st) else {
+                break;
+            };
             if let Some(tx) = inner.waiters.remove(&pid) {
                 let _ = tx.send(result);
             }
@@ -256,7 +303,8 @@ pub(crate) fn start_signal_forwarding(agent: Arc<Agent>) -> io::Result<()> {
         let agent = agent.clone();
         tokio::spawn(async move {
             while s.recv().await.is_some() {
-                let procs: Vec<Arc<Proc>> = lock(&agent.procs.inner).procs.values().cloned().collect();
+                let procs: Vec<Arc<Proc>> =
+                    lock(&agent.procs.inner).procs.values().cloned().collect();
                 for p in procs {
                     if lock(&p.hub).exit.is_none() {
                         let _ = p.kill_group(signo);
@@ -291,7 +339,9 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        match guard.try_io(|inner| rustix::io::read(inner.get_ref(), &mut *buf).map_err(io::Error::from)) {
+        match guard
+            .try_io(|inner| rustix::io::read(inner.get_ref(), &mut *buf).map_err(io::Error::from))
+        {
             Ok(Ok(n)) => return Ok(n),
             Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
             Ok(Err(e)) => return Err(e),
@@ -303,7 +353,9 @@ async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
 async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| rustix::io::write(inner.get_ref(), data).map_err(io::Error::from)) {
+        match guard
+            .try_io(|inner| rustix::io::write(inner.get_ref(), data).map_err(io::Error::from))
+        {
             Ok(Ok(n)) => data = &data[n..],
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
@@ -343,11 +395,24 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return Err(invalid("exec needs a command (argv is empty)".into()));
     }
-    if spec.argv.iter().chain(spec.env.iter().flat_map(|(k, v)| [k, v])).any(|s| s.contains('\0')) {
-        return Err(invalid("arguments and environment must not contain NUL bytes".into()));
+    if spec
+        .argv
+        .iter()
+        .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
+        .any(|s| s.contains('\0'))
+    {
+        return Err(invalid(
+            "arguments and environment must not contain NUL bytes".into(),
+        ));
     }
-    if spec.env.iter().any(|(k, _)| k.is_empty() || k.contains('=')) {
-        return Err(invalid("environment names must be non-empty and contain no '='".into()));
+    if spec
+        .env
+        .iter()
+        .any(|(k, _)| k.is_empty() || k.contains('='))
+    {
+        return Err(invalid(
+            "environment names must be non-empty and contain no '='".into(),
+        ));
     }
     let cfg = &agent.config;
     let user_spec = spec.user.clone().or_else(|| cfg.default_user.clone());
@@ -375,33 +440,52 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
         set(k, v.clone());
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
     }
     let cwd = match spec.cwd.clone().or_else(|| cfg.default_cwd.clone()) {
         Some(c) => {
             if !c.starts_with('/') {
-                return Err(invalid(format!("working directory {c:?} must be an absolute path")));
+                return Err(invalid(format!(
+                    "working directory {c:?} must be an absolute path"
+                )));
             }
             if !std::path::Path::new(&c).is_dir() {
-                return Err(GuestError::new(GuestErrorKind::NotFound, format!("working directory {c} does not exist")));
+                return Err(GuestError::new(
+                    GuestErrorKind::NotFound,
+                    format!("working directory {c} does not exist"),
+                ));
             }
             c
         }
         None if std::path::Path::new(&home).is_dir() => home,
         None => "/".to_string(),
     };
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let prog = lookup(&spec.argv[0], &path, &cwd).ok_or_else(|| {
-        GuestError::new(GuestErrorKind::NotFound, format!("{}: command not found", spec.argv[0]))
+        GuestError::new(
+            GuestErrorKind::NotFound,
+            format!("{}: command not found", spec.argv[0]),
+        )
     })?;
 
     let mut cmd = Command::new(&prog);
-    cmd.arg0(&spec.argv[0]).args(&spec.argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let os = |e: io::Error, what: &str| super::os_error(e, what);
     let (pty_master, out_fds): (Option<OwnedFd>, Vec<(bool, OwnedFd)>);
     let mut stdin_fd: Option<OwnedFd> = None;
     if let Some(size) = spec.pty {
-        let pty = hull_sys::pty::open(size.rows.max(1), size.cols.max(1)).map_err(|e| os(e, "opening a terminal"))?;
+        let pty = hull_sys::pty::open(size.rows.max(1), size.cols.max(1))
+            .map_err(|e| os(e, "opening a terminal"))?;
         let peer = pty.peer;
         cmd.stdin(Stdio::from(peer.try_clone().map_err(|e| os(e, "dup"))?));
         cmd.stdout(Stdio::from(peer.try_clone().map_err(|e| os(e, "dup"))?));
@@ -413,19 +497,26 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
         pty_master = Some(pty.master);
         out_fds = vec![(false, reader)];
     } else {
-        cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         pty_master = None;
         out_fds = vec![];
     }
-    let cwd_c = CString::new(cwd.clone()).map_err(|_| invalid("working directory contains NUL".into()))?;
+    let cwd_c =
+        CString::new(cwd.clone()).map_err(|_| invalid("working directory contains NUL".into()))?;
     hull_sys::process::prepare(
         &mut cmd,
         hull_sys::process::ChildSetup {
             controlling_tty: spec.pty.is_some(),
-            credentials: user
-                .as_ref()
-                .map(|u| hull_sys::process::Credentials { uid: u.uid, gid: u.gid, groups: u.groups.clone() }),
+            credentials: user.as_ref().map(|u| hull_sys::process::Credentials {
+                uid: u.uid,
+                gid: u.gid,
+                groups: u.groups.clone(),
+            }),
             cwd: Some(cwd_c),
         },
     );
@@ -433,10 +524,14 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
     // Spawn and register under the registry lock (see the module docs).
     let mut inner = lock(&agent.procs.inner);
     let mut child = cmd.spawn().map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => GuestError::new(GuestErrorKind::NotFound, format!("{}: command not found", spec.argv[0])),
-        Some(libc::EACCES) => {
-            GuestError::new(GuestErrorKind::PermissionDenied, format!("{}: permission denied", spec.argv[0]))
-        }
+        Some(libc::ENOENT) => GuestError::new(
+            GuestErrorKind::NotFound,
+            format!("{}: command not found", spec.argv[0]),
+        ),
+        Some(libc::EACCES) => GuestError::new(
+            GuestErrorKind::PermissionDenied,
+            format!("{}: permission denied", spec.argv[0]),
+        ),
         _ => os(e, &format!("starting {}", spec.argv[0])),
     })?;
     let pid = child.id() as i32;
@@ -464,11 +559,19 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
         argv: spec.argv.clone(),
         background: spec.background,
         started_micros: now_micros(),
-        hub: Mutex::new(Hub { ring: Ring::default(), subs: Vec::new(), exit: None }),
+        hub: Mutex::new(Hub {
+            ring: Ring::default(),
+            subs: Vec::new(),
+            exit: None,
+        }),
         stdin: Mutex::new(stdin_fd.as_ref().map(|_| stdin_tx)),
         pty: pty_master,
     });
-    let sub = if spec.background { None } else { Some(proc.subscribe(false)) };
+    let sub = if spec.background {
+        None
+    } else {
+        Some(proc.subscribe(false))
+    };
     Registry::prune(&mut inner);
     inner.procs.insert(id.clone(), proc.clone());
     inner.order.push_back(id);
@@ -501,7 +604,7 @@ async fn stdin_writer(fd: OwnedFd, mut rx: mpsc::Receiver<Option<Vec<u8>>>) {
 async fn supervise(
     proc: Arc<Proc>,
     fds: Vec<(bool, OwnedFd)>,
-    exit_rx: oneshot::Receiver<(Option<i32>, Option<i32>)>,
+    exit_rx: oneshot::Receiver<Ended>,
     timeout: Option<Duration>,
 ) {
     let started = Instant::now();
@@ -531,7 +634,7 @@ async fn supervise(
         });
     }
     drop(tx);
-    let mut exit: Option<(Option<i32>, Option<i32>)> = None;
+    let mut exit: Option<Ended> = None;
     let mut exit_rx = Some(exit_rx);
     let mut timed_out = false;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -577,7 +680,12 @@ async fn supervise(
             None => (None, None),
         },
     };
-    let status = ExitStatus { code, signal, timed_out, duration_ms: started.elapsed().as_millis() as u64 };
+    let status = ExitStatus {
+        code,
+        signal,
+        timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
     let subs = {
         let mut hub = lock(&proc.hub);
         hub.exit = Some(status.clone());
@@ -590,11 +698,11 @@ async fn supervise(
 }
 
 async fn wait_exit(
-    r: oneshot::Receiver<(Option<i32>, Option<i32>)>,
+    r: oneshot::Receiver<Ended>,
     deadline: Option<tokio::time::Instant>,
     proc: &Proc,
     timed_out: &mut bool,
-) -> (Option<i32>, Option<i32>) {
+) -> Ended {
     tokio::pin!(r);
     if let Some(d) = deadline
         && !*timed_out
@@ -634,7 +742,16 @@ pub(crate) async fn exec(agent: Arc<Agent>, mut conn: UnixStream, spec: ExecSpec
         Err(e) => return send_error(&mut conn, e).await,
     };
     let proc = started.proc;
-    if send(&mut conn, &Response::Started { id: proc.id.clone(), pid: proc.pid }).await.is_err() {
+    if send(
+        &mut conn,
+        &Response::Started {
+            id: proc.id.clone(),
+            pid: proc.pid,
+        },
+    )
+    .await
+    .is_err()
+    {
         if !spec.background {
             let _ = proc.kill_group(libc::SIGKILL);
         }
@@ -651,8 +768,19 @@ pub(crate) async fn exec(agent: Arc<Agent>, mut conn: UnixStream, spec: ExecSpec
 
 /// `attach`: replay and follow a process's output.
 pub(crate) async fn attach(agent: Arc<Agent>, mut conn: UnixStream, id: &str, replay: bool) {
-    let Some(proc) = agent.procs.get(id) else { return send_error(&mut conn, unknown(id)).await };
-    if send(&mut conn, &Response::Started { id: proc.id.clone(), pid: proc.pid }).await.is_err() {
+    let Some(proc) = agent.procs.get(id) else {
+        return send_error(&mut conn, unknown(id)).await;
+    };
+    if send(
+        &mut conn,
+        &Response::Started {
+            id: proc.id.clone(),
+            pid: proc.pid,
+        },
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     let sub = proc.subscribe(replay);

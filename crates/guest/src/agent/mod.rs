@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hull_proto::{
-    Frame, GuestError, GuestErrorKind, MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, Request, Response,
-    read_frame, write_frame,
+    Frame, GuestError, GuestErrorKind, MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, Request,
+    Response, read_frame, write_frame,
 };
 use tokio::net::UnixStream;
 
@@ -78,7 +78,11 @@ pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let pid1 = config.pid1;
-        let agent = Arc::new(Agent { config, root, procs: exec::Registry::default() });
+        let agent = Arc::new(Agent {
+            config,
+            root,
+            procs: exec::Registry::default(),
+        });
         exec::start_reaper(agent.clone(), pid1)?;
         if pid1 {
             exec::start_signal_forwarding(agent.clone())?;
@@ -121,8 +125,14 @@ impl Agent {
             Ok(Ok(f)) => f,
             Ok(Err(hull_proto::ProtoError::Closed)) | Err(_) => return,
             Ok(Err(e)) => {
-                send_error(&mut conn, GuestError::new(GuestErrorKind::InvalidArgument, format!("bad request frame: {e}")))
-                    .await;
+                send_error(
+                    &mut conn,
+                    GuestError::new(
+                        GuestErrorKind::InvalidArgument,
+                        format!("bad request frame: {e}"),
+                    ),
+                )
+                .await;
                 return;
             }
         };
@@ -130,8 +140,15 @@ impl Agent {
             Ok(r) => r,
             Err(e) => {
                 let err = match frame.parse::<VersionOnly>() {
-                    Ok(VersionOnly { v }) if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) => version_error(v),
-                    _ => GuestError::new(GuestErrorKind::InvalidArgument, format!("malformed request: {e}")),
+                    Ok(VersionOnly { v })
+                        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) =>
+                    {
+                        version_error(v)
+                    }
+                    _ => GuestError::new(
+                        GuestErrorKind::InvalidArgument,
+                        format!("malformed request: {e}"),
+                    ),
                 };
                 send_error(&mut conn, err).await;
                 return;
@@ -171,7 +188,10 @@ impl Agent {
             op => {
                 // File operations use blocking *at system calls: run them on
                 // the blocking pool over a blocking socket.
-                let conn = match conn.into_std().and_then(|c| c.set_nonblocking(false).map(|()| c)) {
+                let conn = match conn
+                    .into_std()
+                    .and_then(|c| c.set_nonblocking(false).map(|()| c))
+                {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "preparing a connection for a file operation");
@@ -186,7 +206,10 @@ impl Agent {
 }
 
 /// Send one control message.
-pub(crate) async fn send(conn: &mut (impl tokio::io::AsyncWrite + Unpin), resp: &Response) -> Result<(), hull_proto::ProtoError> {
+pub(crate) async fn send(
+    conn: &mut (impl tokio::io::AsyncWrite + Unpin),
+    resp: &Response,
+) -> Result<(), hull_proto::ProtoError> {
     write_frame(conn, &Frame::control(resp)?).await
 }
 
@@ -200,13 +223,28 @@ pub(crate) fn os_error(err: io::Error, what: impl std::fmt::Display) -> GuestErr
     let kind = match err.raw_os_error() {
         Some(libc::ENOENT) => GuestErrorKind::NotFound,
         Some(libc::EACCES | libc::EPERM | libc::EROFS) => GuestErrorKind::PermissionDenied,
-        Some(libc::EEXIST | libc::ENOTEMPTY | libc::EBUSY | libc::ETXTBSY) => GuestErrorKind::Conflict,
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::EFBIG | libc::ENOMEM | libc::EAGAIN) => {
-            GuestErrorKind::ResourceExhausted
+        Some(libc::EEXIST | libc::ENOTEMPTY | libc::EBUSY | libc::ETXTBSY) => {
+            GuestErrorKind::Conflict
         }
         Some(
-            libc::EINVAL | libc::ENOTDIR | libc::EISDIR | libc::ELOOP | libc::EXDEV | libc::ENAMETOOLONG | libc::ENXIO
-            | libc::E2BIG | libc::ENOEXEC,
+            libc::ENOSPC
+            | libc::EDQUOT
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::EFBIG
+            | libc::ENOMEM
+            | libc::EAGAIN,
+        ) => GuestErrorKind::ResourceExhausted,
+        Some(
+            libc::EINVAL
+            | libc::ENOTDIR
+            | libc::EISDIR
+            | libc::ELOOP
+            | libc::EXDEV
+            | libc::ENAMETOOLONG
+            | libc::ENXIO
+            | libc::E2BIG
+            | libc::ENOEXEC,
         ) => GuestErrorKind::InvalidArgument,
         _ => GuestErrorKind::Internal,
     };

@@ -23,12 +23,21 @@ const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGIC
 
 /// Open the root directory (`O_PATH`).
 pub(crate) fn open_root(root: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Check a request path: absolute, bounded, no NUL.
 pub(crate) fn check(path: &str) -> Result<(), GuestError> {
-    let bad = |why: &str| GuestError::new(GuestErrorKind::InvalidArgument, format!("invalid path {path:?}: {why}"));
+    let bad = |why: &str| {
+        GuestError::new(
+            GuestErrorKind::InvalidArgument,
+            format!("invalid path {path:?}: {why}"),
+        )
+    };
     if path.is_empty() {
         return Err(bad("empty"));
     }
@@ -48,7 +57,13 @@ pub(crate) fn check(path: &str) -> Result<(), GuestError> {
 pub(crate) fn open_in_root(root: impl AsFd, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
     let rel = path.trim_start_matches('/');
     let rel = if rel.is_empty() { "." } else { rel };
-    Ok(rustix::fs::openat2(root, rel, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)?)
+    Ok(rustix::fs::openat2(
+        root,
+        rel,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )?)
 }
 
 /// Split a path into its parent and final component. The final component
@@ -66,7 +81,14 @@ pub(crate) fn split(path: &str) -> Result<(String, String), GuestError> {
             format!("invalid path {path:?}: needs a final component that is not `.` or `..`"),
         ));
     }
-    Ok((if parent.is_empty() { "/".to_string() } else { parent.to_string() }, name.to_string()))
+    Ok((
+        if parent.is_empty() {
+            "/".to_string()
+        } else {
+            parent.to_string()
+        },
+        name.to_string(),
+    ))
 }
 
 /// Open the parent directory of `path` (`O_PATH | O_DIRECTORY`) and return
@@ -80,7 +102,11 @@ pub(crate) fn open_parent(root: impl AsFd, path: &str) -> Result<(OwnedFd, Strin
 
 /// Join a directory path and a name.
 pub(crate) fn join(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') { format!("{dir}{name}") } else { format!("{dir}/{name}") }
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path};
 
-use hull_proto::{FileType, Frame, GuestError, GuestErrorKind, Response, read_frame_sync, write_frame_sync};
+use hull_proto::{
+    FileType, Frame, GuestError, GuestErrorKind, Response, read_frame_sync, write_frame_sync,
+};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use super::files::{self, OpResult, internal};
@@ -50,7 +52,10 @@ impl Write for FrameWriter<'_> {
 
 pub(crate) fn get(root: impl AsFd, conn: &mut UnixStream, path: &str) -> OpResult {
     let st = files::stat(&root, path)?;
-    let mut w = FrameWriter { conn, buf: Vec::new() };
+    let mut w = FrameWriter {
+        conn,
+        buf: Vec::new(),
+    };
     {
         let mut b = tar::Builder::new(&mut w);
         b.follow_symlinks(false);
@@ -65,10 +70,14 @@ pub(crate) fn get(root: impl AsFd, conn: &mut UnixStream, path: &str) -> OpResul
                 add_entry(&mut b, &dir, &name, &name, path, 0)?;
             }
             FileType::Other => {
-                return Err(GuestError::new(GuestErrorKind::InvalidArgument, format!("{path} is not a file or directory")));
+                return Err(GuestError::new(
+                    GuestErrorKind::InvalidArgument,
+                    format!("{path} is not a file or directory"),
+                ));
             }
         }
-        b.finish().map_err(|e| internal(format!("writing the archive: {e}")))?;
+        b.finish()
+            .map_err(|e| internal(format!("writing the archive: {e}")))?;
     }
     w.flush().map_err(|e| internal(e.to_string()))?;
     write_frame_sync(w.conn, &Frame::Eof).map_err(|e| internal(e.to_string()))
@@ -91,45 +100,71 @@ fn add_entry<W: Write>(
     path: &str,
     depth: u32,
 ) -> OpResult {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| os_error(e.into(), path))?;
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| os_error(e.into(), path))?;
     let mut h = header_for(&st);
     let err = |e: io::Error| internal(format!("archiving {path}: {e}"));
     match files::file_type(st.st_mode) {
         FileType::File => {
-            let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
-                .map_err(|e| os_error(e.into(), path))?;
+            let fd = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| os_error(e.into(), path))?;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(st.st_size as u64);
             // A file that shrinks while archived would corrupt the stream:
             // read exactly the size announced, padding with zeros.
-            let f = std::fs::File::from(fd).take(st.st_size as u64).chain(io::repeat(0)).take(st.st_size as u64);
+            let f = std::fs::File::from(fd)
+                .take(st.st_size as u64)
+                .chain(io::repeat(0))
+                .take(st.st_size as u64);
             b.append_data(&mut h, rel, f).map_err(err)
         }
         FileType::Dir => {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_size(0);
-            b.append_data(&mut h, format!("{rel}/"), io::empty()).map_err(err)?;
-            let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| os_error(e.into(), path))?;
+            b.append_data(&mut h, format!("{rel}/"), io::empty())
+                .map_err(err)?;
+            let fd = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| os_error(e.into(), path))?;
             add_dir(b, &fd, rel, path, depth + 1)
         }
         FileType::Symlink => {
-            let target = rustix::fs::readlinkat(dir, name, Vec::new()).map_err(|e| os_error(e.into(), path))?;
+            let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                .map_err(|e| os_error(e.into(), path))?;
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
-            b.append_link(&mut h, rel, target.to_string_lossy().as_ref()).map_err(err)
+            b.append_link(&mut h, rel, target.to_string_lossy().as_ref())
+                .map_err(err)
         }
         FileType::Other => Ok(()),
     }
 }
 
-fn add_dir<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, rel: &str, path: &str, depth: u32) -> OpResult {
+fn add_dir<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    rel: &str,
+    path: &str,
+    depth: u32,
+) -> OpResult {
     if depth > files::MAX_DEPTH {
-        return Err(GuestError::new(GuestErrorKind::InvalidArgument, format!("{path}: directory tree too deep")));
+        return Err(GuestError::new(
+            GuestErrorKind::InvalidArgument,
+            format!("{path}: directory tree too deep"),
+        ));
     }
     let mut names = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(dir).map_err(|e| os_error(e.into(), path))?;
-    while let Some(ent) = d.next() {
+    let d = rustix::fs::Dir::read_from(dir).map_err(|e| os_error(e.into(), path))?;
+    for ent in d {
         let ent = ent.map_err(|e| os_error(e.into(), path))?;
         let n = ent.file_name().to_string_lossy().into_owned();
         if n != "." && n != ".." {
@@ -138,7 +173,11 @@ fn add_dir<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, rel: &str, path: &s
     }
     names.sort();
     for n in names {
-        let child_rel = if rel.is_empty() { n.clone() } else { format!("{rel}/{n}") };
+        let child_rel = if rel.is_empty() {
+            n.clone()
+        } else {
+            format!("{rel}/{n}")
+        };
         add_entry(b, dir, &n, &child_rel, &paths::join(path, &n), depth)?;
     }
     Ok(())
@@ -178,7 +217,10 @@ impl Read for FrameReader<'_> {
                 }
                 Ok(Frame::Eof) => self.done = true,
                 Ok(other) => {
-                    return Err(io::Error::other(format!("expected data or eof, got a {} frame", other.kind_name())));
+                    return Err(io::Error::other(format!(
+                        "expected data or eof, got a {} frame",
+                        other.kind_name()
+                    )));
                 }
                 Err(e) => return Err(io::Error::other(e.to_string())),
             }
@@ -200,7 +242,10 @@ fn components(p: &Path) -> Result<Vec<String>, GuestError> {
             _ => {
                 return Err(GuestError::new(
                     GuestErrorKind::InvalidArgument,
-                    format!("archive entry {} leaves the target directory (absolute or `..`)", p.display()),
+                    format!(
+                        "archive entry {} leaves the target directory (absolute or `..`)",
+                        p.display()
+                    ),
                 ));
             }
         }
@@ -212,14 +257,38 @@ const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGIC
 
 /// Open the directory `comps` beneath `base`.
 fn open_beneath(base: &OwnedFd, comps: &[String]) -> io::Result<OwnedFd> {
-    let rel = if comps.is_empty() { ".".to_string() } else { comps.join("/") };
-    Ok(rustix::fs::openat2(base, rel.as_str(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), BENEATH)?)
+    let rel = if comps.is_empty() {
+        ".".to_string()
+    } else {
+        comps.join("/")
+    };
+    Ok(rustix::fs::openat2(
+        base,
+        rel.as_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        BENEATH,
+    )?)
 }
 
-pub(crate) fn put(root: impl AsFd, conn: &mut UnixStream, path: &str, max: Option<u64>) -> OpResult {
+pub(crate) fn put(
+    root: impl AsFd,
+    conn: &mut UnixStream,
+    path: &str,
+    max: Option<u64>,
+) -> OpResult {
     files::mkdir(&root, path, true, 0o755)?;
-    let base = paths::open_in_root(&root, path, OFlags::PATH | OFlags::DIRECTORY).map_err(|e| os_error(e, path))?;
-    let mut reader = FrameReader { conn, buf: Vec::new(), pos: 0, total: 0, max, done: false, error: None };
+    let base = paths::open_in_root(&root, path, OFlags::PATH | OFlags::DIRECTORY)
+        .map_err(|e| os_error(e, path))?;
+    let mut reader = FrameReader {
+        conn,
+        buf: Vec::new(),
+        pos: 0,
+        total: 0,
+        max,
+        done: false,
+        error: None,
+    };
     let result = unpack(&base, &mut reader, path);
     let result = match (result, reader.error.take()) {
         (Err(_), Some(e)) => Err(e),
@@ -228,21 +297,32 @@ pub(crate) fn put(root: impl AsFd, conn: &mut UnixStream, path: &str, max: Optio
     result?;
     // Drain to the end so the host sees our answer, not a reset.
     let mut sink = [0u8; 8192];
-    while reader.read(&mut sink).map_err(|e| internal(e.to_string()))? > 0 {}
+    while reader
+        .read(&mut sink)
+        .map_err(|e| internal(e.to_string()))?
+        > 0
+    {}
     let conn = reader.conn;
     let f = Frame::control(&Response::Ok).map_err(|e| internal(e.to_string()))?;
     write_frame_sync(conn, &f).map_err(|e| internal(e.to_string()))
 }
 
 fn unpack(base: &OwnedFd, reader: &mut FrameReader<'_>, path: &str) -> OpResult {
-    let bad = |e: io::Error| GuestError::new(GuestErrorKind::InvalidArgument, format!("reading the archive: {e}"));
+    let bad = |e: io::Error| {
+        GuestError::new(
+            GuestErrorKind::InvalidArgument,
+            format!("reading the archive: {e}"),
+        )
+    };
     let mut archive = tar::Archive::new(reader);
     let mut dir_modes: Vec<(Vec<String>, u32)> = Vec::new();
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let entry_path = entry.path().map_err(bad)?.into_owned();
         let comps = components(&entry_path)?;
-        let Some((name, parent)) = comps.split_last() else { continue };
+        let Some((name, parent)) = comps.split_last() else {
+            continue;
+        };
         let shown = paths::join(path, &comps.join("/"));
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
@@ -279,41 +359,71 @@ fn unpack(base: &OwnedFd, reader: &mut FrameReader<'_>, path: &str) -> OpResult 
                 let fd = rustix::fs::openat(
                     &dir,
                     name.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::TRUNC
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| os_error(e.into(), &shown))?;
                 let mut f = std::fs::File::from(fd);
                 io::copy(&mut entry, &mut f).map_err(bad)?;
-                rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| os_error(e.into(), &shown))?;
-                let t = rustix::fs::Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
-                let _ = rustix::fs::futimens(&f, &rustix::fs::Timestamps { last_access: t, last_modification: t });
+                rustix::fs::fchmod(&f, Mode::from_raw_mode(mode))
+                    .map_err(|e| os_error(e.into(), &shown))?;
+                let t = rustix::fs::Timespec {
+                    tv_sec: mtime as i64,
+                    tv_nsec: 0,
+                };
+                let _ = rustix::fs::futimens(
+                    &f,
+                    &rustix::fs::Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                );
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name().map_err(bad)?.ok_or_else(|| bad(io::Error::other("symlink without target")))?;
+                let target = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| bad(io::Error::other("symlink without target")))?;
                 replace(&dir);
-                rustix::fs::symlinkat(target.as_ref(), &dir, name.as_str()).map_err(|e| os_error(e.into(), &shown))?;
+                rustix::fs::symlinkat(target.as_ref(), &dir, name.as_str())
+                    .map_err(|e| os_error(e.into(), &shown))?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name().map_err(bad)?.ok_or_else(|| bad(io::Error::other("hard link without target")))?;
+                let target = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| bad(io::Error::other("hard link without target")))?;
                 let tcomps = components(&target)?;
                 let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(GuestError::new(GuestErrorKind::InvalidArgument, format!("{shown}: empty hard link target")));
+                    return Err(GuestError::new(
+                        GuestErrorKind::InvalidArgument,
+                        format!("{shown}: empty hard link target"),
+                    ));
                 };
                 let tdir = open_beneath(base, tparent).map_err(|e| os_error(e, &shown))?;
                 replace(&dir);
                 rustix::fs::linkat(&tdir, tname.as_str(), &dir, name.as_str(), AtFlags::empty())
                     .map_err(|e| os_error(e.into(), &shown))?;
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
-            other => tracing::warn!(entry = %shown, kind = ?other, "skipping an archive entry that is not a file, directory or link"),
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => {
+                tracing::warn!(entry = %shown, kind = ?other, "skipping an archive entry that is not a file, directory or link")
+            }
         }
     }
     // Directory modes last, so a read-only directory doesn't block its own entries.
     for (comps, mode) in dir_modes {
         if let Ok(d) = open_beneath(base, &comps) {
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&d));
-            let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode));
+            let _ =
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode));
         }
     }
     Ok(())

@@ -20,13 +20,19 @@ pub(crate) async fn connect(mut conn: UnixStream, port: u16, host: Option<String
         Some(h) => match h.parse() {
             Ok(ip) => ip,
             Err(_) => {
-                let e = GuestError::new(GuestErrorKind::InvalidArgument, format!("invalid address {h:?}: expected an IP address"));
+                let e = GuestError::new(
+                    GuestErrorKind::InvalidArgument,
+                    format!("invalid address {h:?}: expected an IP address"),
+                );
                 return send_error(&mut conn, e).await;
             }
         },
     };
     if port == 0 {
-        let e = GuestError::new(GuestErrorKind::InvalidArgument, "port 0 is not a valid destination");
+        let e = GuestError::new(
+            GuestErrorKind::InvalidArgument,
+            "port 0 is not a valid destination",
+        );
         return send_error(&mut conn, e).await;
     }
     let addr = SocketAddr::new(ip, port);
@@ -37,10 +43,17 @@ pub(crate) async fn connect(mut conn: UnixStream, port: u16, host: Option<String
                 std::io::ErrorKind::ConnectionRefused => GuestErrorKind::Unavailable,
                 _ => GuestErrorKind::Unavailable,
             };
-            return send_error(&mut conn, GuestError::new(kind, format!("connecting to {addr} in the sandbox: {e}"))).await;
+            return send_error(
+                &mut conn,
+                GuestError::new(kind, format!("connecting to {addr} in the sandbox: {e}")),
+            )
+            .await;
         }
         Err(_) => {
-            let e = GuestError::new(GuestErrorKind::Unavailable, format!("connecting to {addr} in the sandbox timed out"));
+            let e = GuestError::new(
+                GuestErrorKind::Unavailable,
+                format!("connecting to {addr} in the sandbox timed out"),
+            );
             return send_error(&mut conn, e).await;
         }
     };
@@ -72,7 +85,10 @@ pub(crate) async fn connect(mut conn: UnixStream, port: u16, host: Option<String
             match trd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if write_frame(&mut cwr, &Frame::Data(buf[..n].to_vec())).await.is_err() {
+                    if write_frame(&mut cwr, &Frame::Data(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

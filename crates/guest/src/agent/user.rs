@@ -23,7 +23,9 @@ pub(crate) struct User {
 }
 
 fn read_small(root: impl AsFd, path: &str) -> String {
-    let Ok(f) = paths::open_in_root(root, path, rustix::fs::OFlags::RDONLY) else { return String::new() };
+    let Ok(f) = paths::open_in_root(root, path, rustix::fs::OFlags::RDONLY) else {
+        return String::new();
+    };
     let mut s = String::new();
     let _ = std::fs::File::from(f).take(1 << 20).read_to_string(&mut s);
     s
@@ -75,7 +77,12 @@ fn groups_of(text: &str, name: &str, primary: u32) -> Vec<u32> {
 
 /// Resolve a user spec against the sandbox's files.
 pub(crate) fn resolve(root: impl AsFd + Copy, spec: &str) -> Result<User, GuestError> {
-    let bad = || GuestError::new(GuestErrorKind::InvalidArgument, format!("invalid user {spec:?}: expected a name, uid or uid:gid"));
+    let bad = || {
+        GuestError::new(
+            GuestErrorKind::InvalidArgument,
+            format!("invalid user {spec:?}: expected a name, uid or uid:gid"),
+        )
+    };
     if spec.is_empty() || spec.len() > 256 {
         return Err(bad());
     }
@@ -86,12 +93,25 @@ pub(crate) fn resolve(root: impl AsFd + Copy, spec: &str) -> Result<User, GuestE
         None => (spec, None),
     };
     let entry = if let Ok(uid) = user_part.parse::<u32>() {
-        entries.into_iter().find(|e| e.uid == uid).map(|e| (e, true)).or(Some((
-            PasswdEntry { name: uid.to_string(), uid, gid: uid, home: "/".into(), shell: "/bin/sh".into() },
-            false,
-        )))
+        entries
+            .into_iter()
+            .find(|e| e.uid == uid)
+            .map(|e| (e, true))
+            .or(Some((
+                PasswdEntry {
+                    name: uid.to_string(),
+                    uid,
+                    gid: uid,
+                    home: "/".into(),
+                    shell: "/bin/sh".into(),
+                },
+                false,
+            )))
     } else {
-        entries.into_iter().find(|e| e.name == user_part).map(|e| (e, true))
+        entries
+            .into_iter()
+            .find(|e| e.name == user_part)
+            .map(|e| (e, true))
     };
     let Some((e, known)) = entry else {
         return Err(GuestError::new(
@@ -107,15 +127,31 @@ pub(crate) fn resolve(root: impl AsFd + Copy, spec: &str) -> Result<User, GuestE
                 .lines()
                 .find_map(|l| {
                     let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse().ok())
+                        .flatten()
                 })
                 .ok_or_else(|| {
-                    GuestError::new(GuestErrorKind::NotFound, format!("group {g:?} not found in the sandbox's /etc/group"))
+                    GuestError::new(
+                        GuestErrorKind::NotFound,
+                        format!("group {g:?} not found in the sandbox's /etc/group"),
+                    )
                 })?,
         },
     };
-    let groups = if known { groups_of(&group_text, &e.name, gid) } else { vec![gid] };
-    Ok(User { name: e.name, uid: e.uid, gid, groups, home: e.home, shell: e.shell })
+    let groups = if known {
+        groups_of(&group_text, &e.name, gid)
+    } else {
+        vec![gid]
+    };
+    Ok(User {
+        name: e.name,
+        uid: e.uid,
+        gid,
+        groups,
+        home: e.home,
+        shell: e.shell,
+    })
 }
 
 #[cfg(test)]
@@ -124,7 +160,9 @@ mod tests {
 
     #[test]
     fn parses_passwd_and_groups() {
-        let p = passwd("root:x:0:0:root:/root:/bin/bash\nbad line\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n");
+        let p = passwd(
+            "root:x:0:0:root:/root:/bin/bash\nbad line\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n",
+        );
         assert_eq!(p.len(), 2);
         assert_eq!(p[1].uid, 65534);
         let g = "root:x:0:\nwheel:x:10:alice,bob\nstaff:x:50:bob\n";

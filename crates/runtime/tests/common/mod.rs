@@ -54,7 +54,12 @@ impl Drop for Kit {
         }
         let rt = self.rt.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(tokio) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(tokio) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             tokio.block_on(async {
                 let _ = rt.system_reset().await;
                 rt.shutdown().await;
@@ -66,7 +71,10 @@ impl Drop for Kit {
 
 impl Kit {
     pub async fn new() -> Kit {
-        let dir = tempfile::Builder::new().prefix("hull-t").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("hull-t")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let rt = Runtime::open(RuntimeConfig {
             state_dir: dir.path().to_path_buf(),
             guest_binary: guest_binary(),
@@ -74,7 +82,11 @@ impl Kit {
         })
         .await
         .expect("runtime opens");
-        Kit { rt, dir, finished: false }
+        Kit {
+            rt,
+            dir,
+            finished: false,
+        }
     }
 
     /// Reopen the runtime on the same state directory (a daemon restart).
@@ -91,21 +103,34 @@ impl Kit {
 
     pub async fn create(&self, template: &str) -> Sandbox {
         self.rt
-            .create(CreateSandbox { template: Some(template.into()), ..Default::default() })
+            .create(CreateSandbox {
+                template: Some(template.into()),
+                ..Default::default()
+            })
             .await
             .expect("create")
     }
 
     pub async fn create_with(&self, template: &str, limits: LimitsRequest) -> Sandbox {
         self.rt
-            .create(CreateSandbox { template: Some(template.into()), limits, ..Default::default() })
+            .create(CreateSandbox {
+                template: Some(template.into()),
+                limits,
+                ..Default::default()
+            })
             .await
             .expect("create")
     }
 
     pub async fn sh(&self, id: &str, script: &str) -> ExecResult {
         self.rt
-            .exec(id, ExecRequest { cmd: vec!["/bin/sh".into(), "-c".into(), script.into()], ..Default::default() })
+            .exec(
+                id,
+                ExecRequest {
+                    cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    ..Default::default()
+                },
+            )
             .await
             .expect("exec")
     }
@@ -128,7 +153,9 @@ pub fn assert_clean(state: &Path, instance: &str) {
     let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(&s)).collect();
     assert!(leaked.is_empty(), "mounts left behind: {leaked:#?}");
     for ctrl in ["memory", "cpu", "pids", "freezer", "unified", ""] {
-        let p = Path::new("/sys/fs/cgroup").join(ctrl).join(format!("hull-{instance}"));
+        let p = Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join(format!("hull-{instance}"));
         assert!(!p.exists(), "cgroup left behind: {}", p.display());
     }
 }
