@@ -364,6 +364,8 @@ async fn exec_stream(
 ) -> ApiResult<Response> {
     let stream = s.rt.exec_stream(&id, req).await?;
     let ExecStream { events, input } = stream;
+    // This transport carries no further input: stdin ends with the request's.
+    let _ = input.send(ExecClientMessage::Eof).await;
     let body = futures_util::stream::unfold((events, input), |(mut events, input)| async move {
         let ev = events.recv().await?;
         let mut line = serde_json::to_vec(&ev).unwrap_or_default();
