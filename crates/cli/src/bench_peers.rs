@@ -170,7 +170,7 @@ pub fn crun(rootfs: &Rootfs, n: usize) -> anyhow::Result<Option<Vec<Duration>>> 
     }
     let bundle = rootfs.write_oci_config()?;
     let out = Command::new(std::env::current_exe()?)
-        .args(["bench-peer", "crun", "--bundle"])
+        .args(["bench-peer", "--bundle"])
         .arg(&bundle)
         .args(["-n", &n.to_string()])
         .stderr(Stdio::inherit())
