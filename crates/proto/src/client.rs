@@ -33,8 +33,14 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// Reading or writing the connection failed.
+    #[error("i/o error on a guest agent connection")]
+    Io(#[from] io::Error),
+    /// Reading the data to upload (file content, a tar stream) failed.
+    #[error("reading the data to send to the guest")]
+    Body(#[source] io::Error),
     #[error(transparent)]
-    Proto(#[from] ProtoError),
+    Proto(ProtoError),
     #[error(
         "the guest speaks protocol versions {min}..={max}; this host speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
     )]
@@ -43,9 +49,12 @@ pub enum ClientError {
     Unexpected(String),
 }
 
-impl From<io::Error> for ClientError {
-    fn from(e: io::Error) -> Self {
-        ClientError::Proto(ProtoError::Io(e))
+impl From<ProtoError> for ClientError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            ProtoError::Io(e) => ClientError::Io(e),
+            other => ClientError::Proto(other),
+        }
     }
 }
 
@@ -338,7 +347,7 @@ async fn upload(
     let mut buf = vec![0u8; CHUNK];
     let sent: Result<(), ClientError> = async {
         loop {
-            let n = body.read(&mut buf).await?;
+            let n = body.read(&mut buf).await.map_err(ClientError::Body)?;
             if n == 0 {
                 break;
             }
@@ -348,6 +357,11 @@ async fn upload(
         Ok(())
     }
     .await;
+    if let Err(e @ ClientError::Body(_)) = sent {
+        // The guest still waits for data: dropping the connection without
+        // an `Eof` abandons the upload.
+        return Err(e);
+    }
     match (sent, recv(&mut rd).await) {
         (_, Ok(Response::Error(e))) => Err(ClientError::Guest(e)),
         (Ok(()), Ok(r)) => Ok(r),
@@ -630,5 +644,382 @@ impl AsyncWrite for TcpTunnel {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted guest: one that answers `hello` with a
+    //! chosen version range and hands every other request to a closure. The
+    //! real agent is exercised in `crates/guest/tests/agent_exec.rs`.
+
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+    use crate::{GuestErrorKind, PtySize};
+
+    /// A socket path, removed on drop.
+    struct Sock(PathBuf);
+
+    impl Drop for Sock {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn fake_guest<F, Fut>(range: (u32, u32), serve: F) -> Sock
+    where
+        F: Fn(Request, UnixStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hull-proto-client-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let serve = Arc::new(serve);
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let serve = serve.clone();
+                tokio::spawn(async move {
+                    let req: Request = read_frame(&mut c).await.unwrap().parse().unwrap();
+                    if let Op::Hello { .. } = req.op {
+                        let hello = Response::Hello {
+                            min: range.0,
+                            max: range.1,
+                            agent: "scripted".into(),
+                        };
+                        write_frame(&mut c, &Frame::control(&hello).unwrap())
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                    serve(req, c).await
+                });
+            }
+        });
+        Sock(path)
+    }
+
+    async fn answer(c: &mut UnixStream, r: Response) {
+        write_frame(c, &Frame::control(&r).unwrap()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn negotiates_and_uses_the_common_version() {
+        let g = fake_guest((1, 7), |req, mut c| async move {
+            let r = if req.v == PROTOCOL_VERSION {
+                Response::Procs { procs: vec![] }
+            } else {
+                Response::Error(GuestError::new(GuestErrorKind::InvalidArgument, "version"))
+            };
+            answer(&mut c, r).await;
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        assert_eq!(client.version(), PROTOCOL_VERSION);
+        assert_eq!(client.agent_version(), "scripted");
+        assert!(client.procs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_common_version_is_an_error() {
+        let g = fake_guest((PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5), |_, _| async {
+        });
+        match GuestClient::connect(&g.0).await {
+            Err(ClientError::Version { min, max }) => {
+                assert_eq!((min, max), (PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_fails_fast() {
+        let path = std::env::temp_dir().join("hull-proto-client-no-such.sock");
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            GuestClient::connect(&path).await,
+            Err(ClientError::Connect { .. })
+        ));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn guest_errors_and_odd_answers() {
+        let g = fake_guest((1, 1), |req, mut c| async move {
+            let r = match req.op {
+                Op::Stat { path } if path == "/missing" => Response::Error(GuestError::new(
+                    GuestErrorKind::NotFound,
+                    "/missing: no such file",
+                )),
+                // Not what a stat is answered with.
+                Op::Stat { .. } => Response::Ok,
+                Op::TarGet { .. } => {
+                    Response::Error(GuestError::new(GuestErrorKind::PermissionDenied, "denied"))
+                }
+                _ => return,
+            };
+            answer(&mut c, r).await;
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        match client.stat("/missing").await {
+            Err(ClientError::Guest(GuestError { kind, message })) => {
+                assert_eq!(kind, GuestErrorKind::NotFound);
+                assert_eq!(message, "/missing: no such file");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            client.stat("/odd").await,
+            Err(ClientError::Unexpected(_))
+        ));
+        match client.tar_get("/x").await {
+            Err(ClientError::Guest(e)) => assert_eq!(e.kind, GuestErrorKind::PermissionDenied),
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("a refused tar_get succeeded"),
+        }
+        // A guest that closes without answering.
+        assert!(matches!(
+            client.procs().await,
+            Err(ClientError::Proto(ProtoError::Closed))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_read_stream_cut_short_is_an_error() {
+        let g = fake_guest((1, 1), |req, mut c| async move {
+            let Op::Read {
+                path,
+                offset,
+                limit,
+            } = req.op
+            else {
+                return;
+            };
+            assert_eq!((offset, limit), (3, Some(10)));
+            let st = FileStat {
+                path: path.clone(),
+                kind: crate::FileType::File,
+                size: 6,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                link_target: None,
+            };
+            answer(&mut c, Response::Stat(st)).await;
+            write_frame(&mut c, &Frame::Data(b"abc".to_vec()))
+                .await
+                .unwrap();
+            if path == "/whole" {
+                write_frame(&mut c, &Frame::Data(b"def".to_vec()))
+                    .await
+                    .unwrap();
+                write_frame(&mut c, &Frame::Eof).await.unwrap();
+            }
+            // "/cut": the connection closes without an Eof.
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        let (st, mut r) = client.read("/whole", 3, Some(10)).await.unwrap();
+        assert_eq!(st.size, 6);
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"abcdef");
+        let (_, mut r) = client.read("/cut", 3, Some(10)).await.unwrap();
+        let mut buf = Vec::new();
+        let e = r.read_to_end(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn exec_handles_stream_output_and_send_input() {
+        let g = fake_guest((1, 1), |req, mut c| async move {
+            let Op::Exec(spec) = req.op else { return };
+            assert_eq!(spec.pty, Some(PtySize { rows: 2, cols: 3 }));
+            answer(
+                &mut c,
+                Response::Started {
+                    id: "p7".into(),
+                    pid: 42,
+                },
+            )
+            .await;
+            // What the host must send, in order.
+            let mut stdin = Vec::new();
+            loop {
+                match read_frame(&mut c).await.unwrap() {
+                    Frame::Data(d) => stdin.extend_from_slice(&d),
+                    Frame::Eof => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            let sig: ExecInput = read_frame(&mut c).await.unwrap().parse().unwrap();
+            let resize: ExecInput = read_frame(&mut c).await.unwrap().parse().unwrap();
+            let ok = stdin.len() == 2 * CHUNK + 1
+                && sig == ExecInput::Signal { signal: 15 }
+                && resize == ExecInput::Resize { rows: 5, cols: 6 };
+            for f in [
+                Frame::Stdout {
+                    ts_micros: 1,
+                    data: b"out".to_vec(),
+                },
+                Frame::Stderr {
+                    ts_micros: 2,
+                    data: b"err".to_vec(),
+                },
+            ] {
+                write_frame(&mut c, &f).await.unwrap();
+            }
+            let st = ExitStatus {
+                code: Some(if ok { 0 } else { 1 }),
+                ..Default::default()
+            };
+            answer(&mut c, Response::Exited(st)).await;
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        let mut h = client
+            .exec(ExecSpec {
+                argv: vec!["x".into()],
+                pty: Some(PtySize { rows: 2, cols: 3 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((h.id.as_str(), h.pid), ("p7", 42));
+        h.stdin(&vec![b'z'; 2 * CHUNK + 1]).await.unwrap();
+        h.close_stdin().await.unwrap();
+        h.signal(15).await.unwrap();
+        h.resize(5, 6).await.unwrap();
+        let (_input, mut output) = h.split();
+        assert_eq!((output.id.as_str(), output.pid), ("p7", 42));
+        assert_eq!(
+            output.next().await.unwrap(),
+            ExecOutput::Stdout {
+                ts_micros: 1,
+                data: b"out".to_vec()
+            }
+        );
+        assert_eq!(
+            output.next().await.unwrap(),
+            ExecOutput::Stderr {
+                ts_micros: 2,
+                data: b"err".to_vec()
+            }
+        );
+        match output.next().await.unwrap() {
+            ExecOutput::Exited(st) => assert_eq!(st.code, Some(0), "the guest saw wrong input"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            output.next().await,
+            Err(ClientError::Unexpected(_))
+        ));
+    }
+
+    /// A body that fails after some bytes.
+    struct Failing(usize);
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(io::Error::other("disk on fire")));
+            }
+            let n = self.0.min(buf.remaining()).min(1000);
+            buf.put_slice(&vec![b'q'; n]);
+            self.0 -= n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_report_the_guests_refusal_and_body_errors() {
+        let g = fake_guest((1, 1), |req, mut c| async move {
+            match req.op {
+                Op::Write { path, .. } if path == "/big" => {
+                    // Refuse after the first frame, without reading the rest.
+                    let _ = read_frame(&mut c).await;
+                    answer(
+                        &mut c,
+                        Response::Error(GuestError::new(
+                            GuestErrorKind::ResourceExhausted,
+                            "over max_bytes",
+                        )),
+                    )
+                    .await;
+                }
+                Op::Write { .. } | Op::TarPut { .. } => {
+                    // Read to the end; a connection that closes without Eof
+                    // is an abandoned upload and gets no answer.
+                    loop {
+                        match read_frame(&mut c).await {
+                            Ok(Frame::Data(_)) => {}
+                            Ok(Frame::Eof) => break,
+                            _ => return,
+                        }
+                    }
+                    answer(&mut c, Response::Ok).await;
+                }
+                _ => {}
+            }
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        let body = io::Cursor::new(vec![0u8; 8 << 20]);
+        match client.write("/big", None, false, Some(10), body).await {
+            Err(ClientError::Guest(e)) => assert_eq!(e.kind, GuestErrorKind::ResourceExhausted),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            client.tar_put("/dir", None, Failing(5000)).await,
+            Err(ClientError::Body(_))
+        ));
+        client
+            .tar_put("/dir", None, io::Cursor::new(b"tar".to_vec()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn tcp_tunnel_carries_bytes_both_ways() {
+        let g = fake_guest((1, 1), |req, mut c| async move {
+            let Op::Connect {
+                port: 8080,
+                host: None,
+            } = req.op
+            else {
+                return;
+            };
+            answer(&mut c, Response::Connected).await;
+            // Echo, reversed per frame, until the host half-closes.
+            while let Ok(Frame::Data(mut d)) = read_frame(&mut c).await {
+                d.reverse();
+                write_frame(&mut c, &Frame::Data(d)).await.unwrap();
+            }
+            write_frame(&mut c, &Frame::Data(b"bye".to_vec()))
+                .await
+                .unwrap();
+            write_frame(&mut c, &Frame::Eof).await.unwrap();
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        let mut t = client.connect_tcp(8080).await.unwrap();
+        t.write_all(b"abc").await.unwrap();
+        let mut buf = [0u8; 3];
+        t.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"cba");
+        t.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        t.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"bye");
     }
 }

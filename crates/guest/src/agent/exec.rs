@@ -14,6 +14,10 @@
 //! processes also keep the last [`RING_BYTES`] of each stream. After the
 //! process exits, output still in flight is drained until the pipes close
 //! or [`DRAIN_AFTER_EXIT`] passes (a daemon it left behind may hold them).
+//! A host that closes a foreground connection kills the process group; one
+//! that only shuts down its sending side keeps receiving output (the
+//! hang-up is told apart from a half-close with a second, edge-triggered
+//! watch on the socket).
 //!
 //! Limits: at most [`MAX_KEPT`] finished background processes are kept
 //! (oldest evicted); stdin of a background process can only be written by
@@ -30,9 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_proto::{
-    ExecInput, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, ProcInfo, Response,
-    now_micros, read_frame, write_frame,
+    ExecInput, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, ProcInfo, ProtoError,
+    Response, now_micros, read_frame, write_frame,
 };
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -66,24 +71,40 @@ enum Event {
     Exit(ExitStatus),
 }
 
+/// Bookkeeping cost charged per ring chunk, so that a process writing one
+/// byte at a time cannot make the ring hold millions of tiny chunks.
+const CHUNK_OVERHEAD: usize = 64;
+
+/// The tail of a background process's output. Consecutive pieces of the
+/// same stream are merged up to [`hull_proto::CHUNK`] bytes (a merged chunk
+/// keeps the timestamp of its first piece).
 #[derive(Default)]
 struct Ring {
-    chunks: VecDeque<(bool, u64, Arc<Vec<u8>>)>,
+    chunks: VecDeque<(bool, u64, Vec<u8>)>,
+    /// Bytes charged per stream (data plus [`CHUNK_OVERHEAD`] per chunk).
     bytes: [usize; 2],
 }
 
 impl Ring {
-    fn push(&mut self, stderr: bool, ts: u64, data: Arc<Vec<u8>>) {
-        self.bytes[stderr as usize] += data.len();
-        self.chunks.push_back((stderr, ts, data));
+    fn push(&mut self, stderr: bool, ts: u64, data: &[u8]) {
+        match self.chunks.back_mut() {
+            Some(last) if last.0 == stderr && last.2.len() + data.len() <= hull_proto::CHUNK => {
+                last.2.extend_from_slice(data);
+                self.bytes[stderr as usize] += data.len();
+            }
+            _ => {
+                self.chunks.push_back((stderr, ts, data.to_vec()));
+                self.bytes[stderr as usize] += data.len() + CHUNK_OVERHEAD;
+            }
+        }
         while self.bytes[0] > RING_BYTES || self.bytes[1] > RING_BYTES {
             // Drop the oldest chunk of the stream that is over.
             let over = self.bytes[1] > RING_BYTES;
-            if let Some(i) = self.chunks.iter().position(|c| c.0 == over) {
-                let (s, _, d) = self.chunks.remove(i).expect("index in range");
-                self.bytes[s as usize] -= d.len();
-            } else {
+            let Some(i) = self.chunks.iter().position(|c| c.0 == over) else {
                 break;
+            };
+            if let Some((s, _, d)) = self.chunks.remove(i) {
+                self.bytes[s as usize] -= d.len() + CHUNK_OVERHEAD;
             }
         }
     }
@@ -138,7 +159,7 @@ impl Proc {
                 .map(|(s, ts, d)| Event::Out {
                     stderr: *s,
                     ts: *ts,
-                    data: d.clone(),
+                    data: Arc::new(d.clone()),
                 })
                 .collect()
         } else {
@@ -452,11 +473,12 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
                     "working directory {c:?} must be an absolute path"
                 )));
             }
-            if !std::path::Path::new(&c).is_dir() {
-                return Err(GuestError::new(
-                    GuestErrorKind::NotFound,
-                    format!("working directory {c} does not exist"),
-                ));
+            match std::fs::metadata(&c) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(invalid(format!("working directory {c} is not a directory")));
+                }
+                Err(e) => return Err(super::os_error(e, format!("working directory {c}"))),
             }
             c
         }
@@ -530,7 +552,11 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
         ),
         Some(libc::EACCES) => GuestError::new(
             GuestErrorKind::PermissionDenied,
-            format!("{}: permission denied", spec.argv[0]),
+            format!(
+                "{}: permission denied (running as {}: the program or the working directory {cwd} is not accessible)",
+                spec.argv[0],
+                user_spec.as_deref().unwrap_or("root"),
+            ),
         ),
         _ => os(e, &format!("starting {}", spec.argv[0])),
     })?;
@@ -724,7 +750,7 @@ async fn publish(proc: &Proc, ev: Event) {
         if proc.background
             && let Event::Out { stderr, ts, data } = &ev
         {
-            hub.ring.push(*stderr, *ts, data.clone());
+            hub.ring.push(*stderr, *ts, data);
         }
         hub.subs.retain(|s| !s.is_closed());
         hub.subs.clone()
@@ -758,7 +784,7 @@ pub(crate) async fn exec(agent: Arc<Agent>, mut conn: UnixStream, spec: ExecSpec
         return;
     }
     if let Some(sub) = started.sub {
-        let finished = stream(conn, &proc, sub).await;
+        let finished = stream(conn, &proc, sub, true).await;
         if !finished {
             // The host went away from a foreground process: end it.
             let _ = proc.kill_group(libc::SIGKILL);
@@ -784,12 +810,20 @@ pub(crate) async fn attach(agent: Arc<Agent>, mut conn: UnixStream, id: &str, re
         return;
     }
     let sub = proc.subscribe(replay);
-    stream(conn, &proc, sub).await;
+    stream(conn, &proc, sub, false).await;
+}
+
+/// How the host's sending side of an exec connection ended.
+enum InputEnd {
+    /// Reads see end of stream: the host half-closed or closed entirely.
+    Eof,
+    /// The host sent something that is not a frame.
+    Broken,
 }
 
 /// Forward the host's frames to the process: stdin, EOF, signals, resizes.
-/// Ends when the host closes the connection.
-async fn input_loop(mut rd: tokio::net::unix::OwnedReadHalf, proc: Arc<Proc>) {
+/// Ends when the host stops sending.
+async fn input_loop(mut rd: tokio::net::unix::OwnedReadHalf, proc: Arc<Proc>) -> InputEnd {
     loop {
         match read_frame(&mut rd).await {
             Ok(Frame::Data(d)) => {
@@ -816,16 +850,50 @@ async fn input_loop(mut rd: tokio::net::unix::OwnedReadHalf, proc: Arc<Proc>) {
                 _ => {}
             },
             Ok(_) => {}
-            Err(_) => return,
+            Err(ProtoError::Closed) => return InputEnd::Eof,
+            Err(_) => return InputEnd::Broken,
         }
     }
 }
 
+/// Resolves once the peer of the socket `fd` (a duplicate of the exec
+/// connection) has closed it entirely, as opposed to only shutting down
+/// its sending side; also when the socket cannot be watched.
+async fn hangup(fd: Option<OwnedFd>) {
+    #[allow(deprecated)] // see `async_fd`
+    let fd = match fd.map(|fd| AsyncFd::with_interest(fd, Interest::WRITABLE)) {
+        Some(Ok(fd)) => fd,
+        _ => return,
+    };
+    loop {
+        // Edge-triggered: every wakeup of the socket (the peer reading,
+        // the peer closing) is one event; only a hang-up ends the wait.
+        let Ok(mut guard) = fd.writable().await else {
+            return;
+        };
+        if guard.ready().is_write_closed() {
+            return;
+        }
+        guard.clear_ready();
+    }
+}
+
 /// Pump output to the host and input from it. True when the exit status
-/// was delivered; false when the host went away first.
-async fn stream(conn: UnixStream, proc: &Arc<Proc>, mut sub: mpsc::Receiver<Event>) -> bool {
+/// was delivered; false when the host went away first. A host that only
+/// half-closes (stops sending) keeps receiving output; when `owns_stdin`
+/// (the connection that started the process) that also closes stdin.
+async fn stream(
+    conn: UnixStream,
+    proc: &Arc<Proc>,
+    mut sub: mpsc::Receiver<Event>,
+    owns_stdin: bool,
+) -> bool {
+    let watch = conn.as_fd().try_clone_to_owned().ok();
     let (rd, mut wr) = conn.into_split();
     let mut input = tokio::spawn(input_loop(rd, proc.clone()));
+    let mut input_open = true;
+    let hung_up = hangup(watch);
+    tokio::pin!(hung_up);
     let delivered = loop {
         tokio::select! {
             ev = sub.recv() => {
@@ -842,9 +910,83 @@ async fn stream(conn: UnixStream, proc: &Arc<Proc>, mut sub: mpsc::Receiver<Even
                     break false;
                 }
             }
-            _ = &mut input => break false,
+            end = &mut input, if input_open => {
+                input_open = false;
+                if !matches!(end, Ok(InputEnd::Eof)) {
+                    break false;
+                }
+                if owns_stdin {
+                    // No more input can come: that is the end of stdin.
+                    let tx = lock(&proc.stdin).take();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(None).await;
+                    }
+                }
+            }
+            () = &mut hung_up, if !input_open => break false,
         }
     };
     input.abort();
     delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_bytes(r: &Ring, stderr: bool) -> Vec<u8> {
+        r.chunks
+            .iter()
+            .filter(|c| c.0 == stderr)
+            .flat_map(|c| c.2.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn ring_merges_small_writes_and_stays_bounded() {
+        let mut r = Ring::default();
+        // Three million one-byte writes, alternating streams every 1000.
+        for i in 0..3_000_000u32 {
+            let stderr = (i / 1000) % 2 == 1;
+            r.push(stderr, u64::from(i), &[b'a' + (i % 26) as u8]);
+        }
+        assert!(r.bytes[0] <= RING_BYTES && r.bytes[1] <= RING_BYTES);
+        // Merged: a handful of chunks, not a million.
+        assert!(r.chunks.len() < 4 * RING_BYTES / 1000, "{}", r.chunks.len());
+        let out = stream_bytes(&r, false);
+        let err = stream_bytes(&r, true);
+        assert!(out.len() > RING_BYTES / 2 && err.len() > RING_BYTES / 2);
+        // The newest bytes are kept: the last write was i = 2_999_999 (stderr).
+        assert_eq!(*err.last().unwrap(), b'a' + (2_999_999u32 % 26) as u8);
+        // Timestamps stay in order.
+        assert!(
+            r.chunks
+                .iter()
+                .zip(r.chunks.iter().skip(1))
+                .all(|(a, b)| a.1 <= b.1)
+        );
+    }
+
+    #[test]
+    fn one_noisy_stream_does_not_evict_the_other() {
+        let mut r = Ring::default();
+        r.push(true, 0, b"the error that matters\n");
+        for i in 0..100u64 {
+            r.push(false, i + 1, &vec![b'x'; hull_proto::CHUNK]);
+        }
+        assert_eq!(stream_bytes(&r, true), b"the error that matters\n");
+        assert!(r.bytes[0] <= RING_BYTES);
+    }
+
+    #[test]
+    fn lookup_follows_path_like_a_shell() {
+        assert_eq!(
+            lookup("sh", "/nonexistent:/bin", "/").as_deref(),
+            Some("/bin/sh")
+        );
+        assert_eq!(lookup("./x", "/bin", "/").as_deref(), Some("./x"));
+        assert_eq!(lookup("no-such-program-here", "/bin:/usr/bin", "/"), None);
+        // Not executable.
+        assert_eq!(lookup("passwd", "/etc", "/"), None);
+    }
 }

@@ -1,18 +1,34 @@
 //! File operations, confined to the sandbox root (see [`super::paths`]).
 //!
 //! Runs on the blocking pool over a blocking socket, one operation per
-//! connection. Writes are atomic: data goes to a temporary file created
-//! with `O_EXCL | O_NOFOLLOW` next to the target and is renamed over it
-//! when complete (not fsynced: a crash of the whole sandbox may lose the
-//! last write, never tear it). New files belong to the agent's user (root
-//! inside). Removal walks directories by descriptor and never follows
-//! symlinks.
+//! connection. Every operation on a final component (write, mkdir, remove,
+//! rename, stat) opens the parent with `openat2(RESOLVE_IN_ROOT)` and acts
+//! on the name with `*at` calls, so neither `..` nor symlinks (planted
+//! before or swapped in during the call) lead outside the root.
 //!
-//! Limits: listings stop at [`MAX_ENTRIES`] entries (`truncated`), depth at
-//! [`MAX_DEPTH`]; recursive removal stops at the same depth.
+//! `read` and `list` follow a final symlink (inside the root); `stat`
+//! reports a symlink itself (lstat) with its target; `write`, `remove` and
+//! `rename` act on a final symlink itself, never on what it points to.
+//!
+//! Writes are atomic: data goes to a temporary file created with
+//! `O_CREAT | O_EXCL | O_NOFOLLOW` next to the target and is renamed over it
+//! when complete; on any failure (size cap, bad frame, closed connection,
+//! full disk) the temporary file is removed and the old file is untouched.
+//! Writes are not fsynced: a crash of the whole sandbox may lose the last
+//! write, never tear it. A written file is a new inode owned by the agent's
+//! user (root inside the sandbox), whoever owned the file it replaces.
+//! Removal walks directories by descriptor and never follows symlinks.
+//!
+//! Limits: listings stop at [`MAX_ENTRIES`] entries or [`MAX_LIST_BYTES`]
+//! of JSON, whichever comes first (`truncated`), and at depth
+//! [`MAX_DEPTH`]; they never descend through symlinks; recursive removal refuses trees deeper than
+//! [`MAX_REMOVE_DEPTH`] (what it removed up to then stays removed). Names
+//! that are not UTF-8 are handled on disk but shown lossily in answers.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 
 use hull_proto::{
@@ -20,13 +36,25 @@ use hull_proto::{
     write_frame_sync,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 
 use super::{Agent, os_error, paths, tarball};
 
 /// Entries returned by one listing at most.
 pub(crate) const MAX_ENTRIES: usize = 10_000;
-/// Deepest listing or removal.
+/// JSON bytes of entries one listing answers at most (it is one frame).
+pub(crate) const MAX_LIST_BYTES: usize = hull_proto::MAX_FRAME - 4096;
+/// Deepest listing or tar download.
 pub(crate) const MAX_DEPTH: u32 = 64;
+/// Deepest tree a recursive removal descends (one descriptor per level).
+pub(crate) const MAX_REMOVE_DEPTH: u32 = 256;
+/// Names read from a directory at a time while emptying it.
+const REMOVE_BATCH: usize = 4096;
+/// Flags to open a directory for reading without following a final symlink.
+pub(crate) const DIR_NOFOLLOW: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
 
 pub(crate) type OpResult = Result<(), GuestError>;
 
@@ -37,6 +65,10 @@ fn reply(conn: &mut UnixStream, resp: &Response) -> OpResult {
 
 pub(crate) fn internal(m: String) -> GuestError {
     GuestError::new(GuestErrorKind::Internal, m)
+}
+
+fn invalid(m: String) -> GuestError {
+    GuestError::new(GuestErrorKind::InvalidArgument, m)
 }
 
 /// Serve one file operation; errors are answered on the connection.
@@ -72,10 +104,7 @@ pub(crate) fn serve(agent: &Agent, mut conn: UnixStream, op: Op) {
         }
         Op::TarGet { path } => tarball::get(root, &mut conn, &path),
         Op::TarPut { path, max_bytes } => tarball::put(root, &mut conn, &path, max_bytes),
-        other => Err(GuestError::new(
-            GuestErrorKind::InvalidArgument,
-            format!("not a file operation: {other:?}"),
-        )),
+        _ => Err(invalid("not a file operation".to_string())),
     };
     if let Err(e) = result {
         let _ = reply(&mut conn, &Response::Error(e));
@@ -91,28 +120,40 @@ pub(crate) fn file_type(mode: u32) -> FileType {
     }
 }
 
-/// Stat `name` in `dir` without following a final symlink.
-pub(crate) fn stat_at(dir: impl AsFd, name: &str, path: &str) -> Result<FileStat, GuestError> {
-    let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| os_error(e.into(), path))?;
-    let kind = file_type(st.st_mode);
-    let link_target = if kind == FileType::Symlink {
-        rustix::fs::readlinkat(&dir, name, Vec::new())
-            .ok()
-            .map(|t| t.to_string_lossy().into_owned())
-    } else {
-        None
-    };
-    Ok(FileStat {
+/// A name as shown in answers (lossy for names that are not UTF-8).
+pub(crate) fn shown(name: &OsStr) -> std::borrow::Cow<'_, str> {
+    name.to_string_lossy()
+}
+
+fn stat_to_file(st: &rustix::fs::Stat, path: &str, link_target: Option<String>) -> FileStat {
+    FileStat {
         path: path.to_string(),
-        kind,
+        kind: file_type(st.st_mode),
         size: st.st_size as u64,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
         mtime: st.st_mtime,
         link_target,
-    })
+    }
+}
+
+/// Stat `name` in `dir` without following a final symlink.
+pub(crate) fn stat_at<P: rustix::path::Arg + Copy>(
+    dir: impl AsFd,
+    name: P,
+    path: &str,
+) -> Result<FileStat, GuestError> {
+    let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| os_error(e.into(), path))?;
+    let link_target = if file_type(st.st_mode) == FileType::Symlink {
+        rustix::fs::readlinkat(&dir, name, Vec::new())
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    Ok(stat_to_file(&st, path, link_target))
 }
 
 pub(crate) fn stat(root: impl AsFd, path: &str) -> Result<FileStat, GuestError> {
@@ -121,7 +162,7 @@ pub(crate) fn stat(root: impl AsFd, path: &str) -> Result<FileStat, GuestError> 
         return stat_at(root, ".", "/");
     }
     let (dir, name) = paths::open_parent(&root, path)?;
-    stat_at(&dir, &name, path)
+    stat_at(&dir, name.as_str(), path)
 }
 
 fn read(
@@ -132,7 +173,7 @@ fn read(
     limit: Option<u64>,
 ) -> OpResult {
     paths::check(path)?;
-    // NONBLOCK: opening a FIFO must not hang the agent.
+    // NONBLOCK: opening a FIFO must not hang the agent (it is refused below).
     let fd = paths::open_in_root(
         &root,
         path,
@@ -142,24 +183,13 @@ fn read(
     let st = rustix::fs::fstat(&fd).map_err(|e| os_error(e.into(), path))?;
     match file_type(st.st_mode) {
         FileType::File => {}
-        FileType::Dir => {
-            return Err(GuestError::new(
-                GuestErrorKind::InvalidArgument,
-                format!("{path} is a directory"),
-            ));
-        }
-        _ => {
-            return Err(GuestError::new(
-                GuestErrorKind::InvalidArgument,
-                format!("{path} is not a regular file"),
-            ));
-        }
+        FileType::Dir => return Err(invalid(format!("{path} is a directory"))),
+        _ => return Err(invalid(format!("{path} is not a regular file"))),
     }
     let fl = rustix::fs::fcntl_getfl(&fd).map_err(|e| os_error(e.into(), path))?;
-    let _ = rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK);
+    rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK).map_err(|e| os_error(e.into(), path))?;
     let mut file = std::fs::File::from(fd);
-    let info = stat_from_fd(&file, path)?;
-    reply(conn, &Response::Stat(info))?;
+    reply(conn, &Response::Stat(stat_to_file(&st, path, None)))?;
     if offset > 0 {
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| os_error(e, path))?;
@@ -179,21 +209,8 @@ fn read(
     write_frame_sync(conn, &Frame::Eof).map_err(|e| internal(e.to_string()))
 }
 
-fn stat_from_fd(f: &std::fs::File, path: &str) -> Result<FileStat, GuestError> {
-    let st = rustix::fs::fstat(f).map_err(|e| os_error(e.into(), path))?;
-    Ok(FileStat {
-        path: path.to_string(),
-        kind: file_type(st.st_mode),
-        size: st.st_size as u64,
-        mode: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mtime: st.st_mtime,
-        link_target: None,
-    })
-}
-
-/// A random-enough temporary name next to `name`.
+/// A name for a temporary file next to `name`, unlikely to exist (it is
+/// created with `O_EXCL` anyway).
 fn temp_name(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -201,12 +218,12 @@ fn temp_name(name: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let hex = format!("{:x}{nanos:08x}{n:x}", std::process::id());
     let short: String = name.chars().take(40).collect();
-    format!(".{short}.hull-{hex}")
+    format!(".{short}.hull-{:x}-{nanos:08x}-{n:x}", std::process::id())
 }
 
-/// Receive `Data` frames up to `Eof` into `sink`, refusing more than `max`.
+/// Receive `Data` frames up to `Eof` into `sink`, refusing more than `max`
+/// bytes as soon as the total passes it.
 pub(crate) fn receive(
     conn: &mut UnixStream,
     max: Option<u64>,
@@ -216,7 +233,7 @@ pub(crate) fn receive(
     loop {
         match read_frame_sync(conn) {
             Ok(Frame::Data(d)) => {
-                total += d.len() as u64;
+                total = total.saturating_add(d.len() as u64);
                 if let Some(m) = max
                     && total > m
                 {
@@ -229,17 +246,12 @@ pub(crate) fn receive(
             }
             Ok(Frame::Eof) => return Ok(()),
             Ok(other) => {
-                return Err(GuestError::new(
-                    GuestErrorKind::InvalidArgument,
-                    format!("expected data or eof, got a {} frame", other.kind_name()),
-                ));
+                return Err(invalid(format!(
+                    "expected data or eof, got a {} frame",
+                    other.kind_name()
+                )));
             }
-            Err(e) => {
-                return Err(GuestError::new(
-                    GuestErrorKind::InvalidArgument,
-                    format!("reading upload: {e}"),
-                ));
-            }
+            Err(e) => return Err(invalid(format!("reading upload: {e}"))),
         }
     }
 }
@@ -257,13 +269,10 @@ fn write(
         mkdir(&root, &parent, true, 0o755)?;
     }
     let (dir, name) = paths::open_parent(&root, path)?;
-    if let Ok(st) = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+    if let Ok(st) = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
         && file_type(st.st_mode) == FileType::Dir
     {
-        return Err(GuestError::new(
-            GuestErrorKind::InvalidArgument,
-            format!("{path} is a directory"),
-        ));
+        return Err(invalid(format!("{path} is a directory")));
     }
     let mode = mode.unwrap_or(0o644) & 0o7777;
     let tmp = temp_name(&name);
@@ -281,15 +290,39 @@ fn write(
     .and_then(|()| {
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
             .map_err(|e| os_error(e.into(), path))?;
-        rustix::fs::renameat(&dir, tmp.as_str(), &dir, name.as_str())
-            .map_err(|e| os_error(e.into(), path))
+        rustix::fs::renameat(&dir, tmp.as_str(), &dir, name.as_str()).map_err(|e| match e {
+            Errno::ISDIR => invalid(format!("{path} is a directory")),
+            e => os_error(e.into(), path),
+        })
     });
     if let Err(e) = result {
         let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         return Err(e);
     }
-    let st = stat_from_fd(&file, path)?;
-    reply(conn, &Response::Stat(st))
+    let st = rustix::fs::fstat(&file).map_err(|e| os_error(e.into(), path))?;
+    reply(conn, &Response::Stat(stat_to_file(&st, path, None)))
+}
+
+/// Names in the directory `dir` (opened for reading), without `.` and
+/// `..`, at most `cap` of them; `path` names it in errors.
+pub(crate) fn read_names(
+    dir: &OwnedFd,
+    path: &str,
+    cap: usize,
+) -> Result<Vec<(OsString, rustix::fs::FileType)>, GuestError> {
+    let mut names = Vec::new();
+    let d = rustix::fs::Dir::read_from(dir).map_err(|e| os_error(e.into(), path))?;
+    for ent in d {
+        if names.len() >= cap {
+            break;
+        }
+        let ent = ent.map_err(|e| os_error(e.into(), path))?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push((OsStr::from_bytes(name).to_owned(), ent.file_type()));
+        }
+    }
+    Ok(names)
 }
 
 pub(crate) fn list(
@@ -299,58 +332,70 @@ pub(crate) fn list(
 ) -> Result<(Vec<FileStat>, bool), GuestError> {
     paths::check(path)?;
     if depth == 0 || depth > MAX_DEPTH {
-        return Err(GuestError::new(
-            GuestErrorKind::InvalidArgument,
-            format!("depth must be 1 to {MAX_DEPTH}"),
-        ));
+        return Err(invalid(format!("depth must be 1 to {MAX_DEPTH}")));
     }
     let dir = paths::open_in_root(&root, path, OFlags::RDONLY | OFlags::DIRECTORY)
         .map_err(|e| os_error(e, path))?;
-    let mut out = Vec::new();
-    let mut truncated = false;
-    let base = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        "/"
+    let base = match path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
     };
-    walk(dir, base, depth, &mut out, &mut truncated)?;
-    Ok((out, truncated))
+    let mut listing = Listing::default();
+    walk(&dir, base, depth, &mut listing)?;
+    Ok((listing.entries, listing.truncated))
 }
 
-fn walk(
-    dir: OwnedFd,
-    path: &str,
-    depth: u32,
-    out: &mut Vec<FileStat>,
-    truncated: &mut bool,
-) -> OpResult {
-    let mut names: Vec<String> = Vec::new();
-    let d = rustix::fs::Dir::read_from(&dir).map_err(|e| os_error(e.into(), path))?;
-    for ent in d {
-        let ent = ent.map_err(|e| os_error(e.into(), path))?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." {
-            names.push(name);
+/// A listing under construction, bounded in entries and in encoded size.
+#[derive(Default)]
+struct Listing {
+    entries: Vec<FileStat>,
+    /// JSON bytes of `entries` so far.
+    bytes: usize,
+    truncated: bool,
+}
+
+impl Listing {
+    /// Add `st`; false (and `truncated` set) when it does not fit.
+    fn push(&mut self, st: FileStat) -> bool {
+        let size = serde_json::to_vec(&st).map_or(usize::MAX, |v| v.len() + 1);
+        if self.entries.len() >= MAX_ENTRIES || self.bytes.saturating_add(size) > MAX_LIST_BYTES {
+            self.truncated = true;
+            return false;
         }
+        self.bytes += size;
+        self.entries.push(st);
+        true
     }
-    names.sort();
-    for name in names {
-        if out.len() >= MAX_ENTRIES {
-            *truncated = true;
+}
+
+fn walk(dir: &OwnedFd, path: &str, depth: u32, listing: &mut Listing) -> OpResult {
+    // One name more than fits tells us the listing is cut.
+    let cap = MAX_ENTRIES.saturating_sub(listing.entries.len()) + 1;
+    let mut names = read_names(dir, path, cap)?;
+    let hit_cap = names.len() >= cap;
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, _) in names {
+        if listing.truncated {
             return Ok(());
         }
-        let child = paths::join(path, &name);
-        let Ok(st) = stat_at(&dir, &name, &child) else {
+        let child = paths::join(path, &shown(&name));
+        // Gone since readdir, or unreadable: leave it out.
+        let Ok(st) = stat_at(dir, name.as_os_str(), &child) else {
             continue;
         };
         let is_dir = st.kind == FileType::Dir;
-        out.push(st);
-        if is_dir && depth > 1 {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            if let Ok(sub) = rustix::fs::openat(&dir, name.as_str(), flags, Mode::empty()) {
-                walk(sub, &child, depth - 1, out, truncated)?;
-            }
+        if !listing.push(st) {
+            return Ok(());
         }
+        if is_dir
+            && depth > 1
+            && let Ok(sub) = rustix::fs::openat(dir, name.as_os_str(), DIR_NOFOLLOW, Mode::empty())
+        {
+            walk(&sub, &child, depth - 1, listing)?;
+        }
+    }
+    if hit_cap && listing.entries.len() >= MAX_ENTRIES {
+        listing.truncated = true;
     }
     Ok(())
 }
@@ -361,7 +406,7 @@ pub(crate) fn mkdir(root: impl AsFd, path: &str, parents: bool, mode: u32) -> Op
     if !parents {
         let (dir, name) = paths::open_parent(&root, path)?;
         return rustix::fs::mkdirat(&dir, name.as_str(), mode).map_err(|e| match e {
-            rustix::io::Errno::EXIST => {
+            Errno::EXIST => {
                 GuestError::new(GuestErrorKind::Conflict, format!("{path} already exists"))
             }
             e => os_error(e.into(), path),
@@ -377,11 +422,12 @@ pub(crate) fn mkdir(root: impl AsFd, path: &str, parents: bool, mode: u32) -> Op
         }
         let (dir, name) = paths::open_parent(&root, &prefix)?;
         match rustix::fs::mkdirat(&dir, name.as_str(), mode) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(os_error(e.into(), &prefix)),
         }
         paths::open_in_root(&root, &prefix, OFlags::PATH | OFlags::DIRECTORY).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOTDIR) {
+            // ENOENT: a dangling symlink is in the way.
+            if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) {
                 GuestError::new(
                     GuestErrorKind::Conflict,
                     format!("{prefix} exists and is not a directory"),
@@ -396,16 +442,16 @@ pub(crate) fn mkdir(root: impl AsFd, path: &str, parents: bool, mode: u32) -> Op
 
 fn remove(root: impl AsFd, path: &str, recursive: bool) -> OpResult {
     let (dir, name) = paths::open_parent(&root, path)?;
-    let st = stat_at(&dir, &name, path)?;
+    let st = stat_at(&dir, name.as_str(), path)?;
     if st.kind != FileType::Dir {
         return rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty())
             .map_err(|e| os_error(e.into(), path));
     }
     if recursive {
-        remove_tree(&dir, &name, path, 0)?;
+        empty_dir(&dir, OsStr::new(&name), path, 0)?;
     }
     rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::REMOVEDIR).map_err(|e| match e {
-        rustix::io::Errno::NOTEMPTY => GuestError::new(
+        Errno::NOTEMPTY | Errno::EXIST => GuestError::new(
             GuestErrorKind::Conflict,
             format!("{path} is a non-empty directory (remove it recursively)"),
         ),
@@ -413,38 +459,59 @@ fn remove(root: impl AsFd, path: &str, recursive: bool) -> OpResult {
     })
 }
 
-/// Empty the directory `name` in `parent`, never following symlinks.
-fn remove_tree(parent: impl AsFd, name: &str, path: &str, depth: u32) -> OpResult {
-    if depth > MAX_DEPTH {
-        return Err(GuestError::new(
-            GuestErrorKind::InvalidArgument,
-            format!("{path}: directory tree too deep"),
-        ));
+/// Empty the directory `name` in `parent`, never following symlinks: each
+/// level is opened by descriptor with `O_NOFOLLOW`, so a symlink swapped in
+/// for a directory fails the walk instead of redirecting it.
+fn empty_dir(parent: &OwnedFd, name: &OsStr, path: &str, depth: u32) -> OpResult {
+    if depth >= MAX_REMOVE_DEPTH {
+        return Err(invalid(format!(
+            "{path}: directory tree deeper than {MAX_REMOVE_DEPTH} levels"
+        )));
     }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let dir = rustix::fs::openat(&parent, name, flags, Mode::empty())
+    let dir = rustix::fs::openat(parent, name, DIR_NOFOLLOW, Mode::empty())
         .map_err(|e| os_error(e.into(), path))?;
-    let mut names = Vec::new();
-    let d = rustix::fs::Dir::read_from(&dir).map_err(|e| os_error(e.into(), path))?;
-    for ent in d {
-        let ent = ent.map_err(|e| os_error(e.into(), path))?;
-        let n = ent.file_name().to_string_lossy().into_owned();
-        if n != "." && n != ".." {
-            names.push((n, ent.file_type()));
+    // In batches, re-reading from the start, so memory stays bounded
+    // whatever the directory holds.
+    loop {
+        let names = read_names(&dir, path, REMOVE_BATCH)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for (n, ty) in names {
+            let child = paths::join(path, &shown(&n));
+            remove_entry(&dir, &n, ty, &child, depth)?;
         }
     }
-    for (n, ty) in names {
-        let child = paths::join(path, &n);
-        if ty == rustix::fs::FileType::Directory {
-            remove_tree(&dir, &n, &child, depth + 1)?;
-            rustix::fs::unlinkat(&dir, n.as_str(), AtFlags::REMOVEDIR)
-                .map_err(|e| os_error(e.into(), &child))?;
-        } else {
-            rustix::fs::unlinkat(&dir, n.as_str(), AtFlags::empty())
-                .map_err(|e| os_error(e.into(), &child))?;
+}
+
+fn remove_entry(
+    dir: &OwnedFd,
+    name: &OsStr,
+    ty: rustix::fs::FileType,
+    path: &str,
+    depth: u32,
+) -> OpResult {
+    let is_dir = match ty {
+        rustix::fs::FileType::Directory => true,
+        // Some filesystems don't report types in readdir.
+        rustix::fs::FileType::Unknown => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| file_type(st.st_mode) == FileType::Dir)
+            .map_err(|e| os_error(e.into(), path))?,
+        _ => false,
+    };
+    if !is_dir {
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+            // Replaced by a directory since readdir: remove that instead.
+            Err(Errno::ISDIR) => {}
+            Err(e) => return Err(os_error(e.into(), path)),
         }
     }
-    Ok(())
+    empty_dir(dir, name, path, depth + 1)?;
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(os_error(e.into(), path)),
+    }
 }
 
 fn rename(root: impl AsFd, from: &str, to: &str) -> OpResult {
@@ -458,10 +525,13 @@ fn rename(root: impl AsFd, from: &str, to: &str) -> OpResult {
         RenameFlags::empty(),
     )
     .map_err(|e| match e {
-        rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST => GuestError::new(
+        Errno::NOTEMPTY | Errno::EXIST => GuestError::new(
             GuestErrorKind::Conflict,
             format!("cannot replace {to}: it is a non-empty directory"),
         ),
+        Errno::XDEV => invalid(format!(
+            "cannot rename {from} to {to}: they are on different filesystems (copy instead)"
+        )),
         e => os_error(e.into(), format!("renaming {from} to {to}")),
     })
 }

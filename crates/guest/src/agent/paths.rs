@@ -5,10 +5,20 @@
 //! absolute symlinks resolve inside it, and `/proc` magic links are refused,
 //! so no path reaches outside the root however it is spelled or whatever
 //! symlinks the sandbox planted. Operations on a final component open its
-//! parent this way and then use `*at` calls on the name alone.
+//! parent this way and then use `*at` calls on the name alone, so a
+//! symlink swapped in after the lookup cannot redirect them: the parent is
+//! held by descriptor.
+//!
+//! Mount crossings are allowed (no `RESOLVE_NO_XDEV`): a sandbox's `/proc`,
+//! `/dev` and `/tmp` are mounts the file calls must reach, and all of them
+//! lie inside the root anyway; what makes `/proc` dangerous is its magic
+//! links (`/proc/<pid>/root`, `/proc/<pid>/fd/*`), and those are refused.
 //!
 //! Limits: paths must be absolute, at most [`MAX_PATH`] bytes, without NUL.
+//! Needs `openat2` (Linux 5.6). A lookup the kernel aborts because a rename
+//! or mount raced with `..` (`EAGAIN`) is retried a few times.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -20,6 +30,25 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 pub(crate) const MAX_PATH: usize = 4096;
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Lookups retried after `EAGAIN` (a concurrent rename or mount).
+const RESOLVE_ATTEMPTS: u32 = 16;
+
+/// `openat2(dir, rel, flags | O_CLOEXEC, 0, how)`, retried on `EAGAIN`.
+pub(crate) fn openat2(
+    dir: impl AsFd,
+    rel: &OsStr,
+    flags: OFlags,
+    how: ResolveFlags,
+) -> io::Result<OwnedFd> {
+    let mut attempt = 0;
+    loop {
+        match rustix::fs::openat2(&dir, rel, flags | OFlags::CLOEXEC, Mode::empty(), how) {
+            Err(rustix::io::Errno::AGAIN) if attempt < RESOLVE_ATTEMPTS => attempt += 1,
+            r => return Ok(r?),
+        }
+    }
+}
 
 /// Open the root directory (`O_PATH`).
 pub(crate) fn open_root(root: &Path) -> io::Result<OwnedFd> {
@@ -57,13 +86,7 @@ pub(crate) fn check(path: &str) -> Result<(), GuestError> {
 pub(crate) fn open_in_root(root: impl AsFd, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
     let rel = path.trim_start_matches('/');
     let rel = if rel.is_empty() { "." } else { rel };
-    Ok(rustix::fs::openat2(
-        root,
-        rel,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        RESOLVE,
-    )?)
+    openat2(root, OsStr::new(rel), flags, RESOLVE)
 }
 
 /// Split a path into its parent and final component. The final component

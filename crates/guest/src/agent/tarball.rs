@@ -1,30 +1,45 @@
 //! Directory upload and download as tar streams.
 //!
 //! Download (`tar_get`) walks by descriptor without following symlinks
-//! (they are stored as symlinks); a directory's entries are named relative
-//! to it (`./a`, `sub/b`), a single file by its base name. Upload
-//! (`tar_put`) never unpacks by path: each entry's parent is opened beneath
-//! the target directory with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so
-//! neither `..`, absolute names nor symlinks planted earlier in the archive
-//! or in the sandbox lead out of it; entries with absolute names or `..`
-//! are refused outright.
+//! (they are stored as symlinks). A directory's entries are named relative
+//! to it (`a`, `sub/b`); a single file or symlink by its base name. Like
+//! `tar --one-file-system`, directories on another mount (a sandbox's
+//! `/proc`, `/sys`, `/dev`, `/tmp` when archiving `/`) are stored empty;
+//! sockets, FIFOs and devices are left out.
 //!
-//! Limits: regular files, directories, symlinks and hard links (to earlier
-//! entries) are unpacked; devices and FIFOs are skipped. Mode bits and
-//! mtimes are kept; owners are not (files belong to the agent's user).
-//! The archive size is capped by `max_bytes`.
+//! Upload (`tar_put`) never unpacks by path and never uses the `tar`
+//! crate's own unpacking (it would follow symlinks the sandbox planted).
+//! Entries with absolute names or `..` are refused outright; each entry's
+//! parent is opened beneath the target directory with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so no symlink, whether in
+//! the sandbox already or planted earlier in the archive, leads out of the
+//! target directory (such entries are refused). An existing non-directory
+//! at an entry's name is replaced, never written through; files are created
+//! with `O_EXCL | O_NOFOLLOW`.
+//!
+//! Limits: regular files (GNU sparse ones expanded), directories, symlinks
+//! (stored as they are: they resolve inside the sandbox) and hard links to
+//! entries beneath the target directory are unpacked; devices, FIFOs and
+//! other kinds are skipped with a logged warning. Mode bits are kept,
+//! setuid and setgid included (root inside is sandboxed); mtimes are kept;
+//! owners are not (everything belongs to the agent's user, root inside).
+//! `max_bytes` caps both the archive read and the bytes unpacked. An upload
+//! that fails part-way leaves what it unpacked so far.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use hull_proto::{
     FileType, Frame, GuestError, GuestErrorKind, Response, read_frame_sync, write_frame_sync,
 };
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
 
-use super::files::{self, OpResult, internal};
+use super::files::{self, DIR_NOFOLLOW, OpResult, internal};
 use super::{os_error, paths};
 
 /// Buffers output into `Data` frames.
@@ -42,12 +57,17 @@ impl Write for FrameWriter<'_> {
         Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = std::mem::take(&mut self.buf);
+        while !self.buf.is_empty() {
+            let n = self.buf.len().min(hull_proto::CHUNK);
+            let chunk: Vec<u8> = self.buf.drain(..n).collect();
             write_frame_sync(self.conn, &Frame::Data(chunk)).map_err(io::Error::other)?;
         }
         Ok(())
     }
+}
+
+fn invalid(m: String) -> GuestError {
+    GuestError::new(GuestErrorKind::InvalidArgument, m)
 }
 
 pub(crate) fn get(root: impl AsFd, conn: &mut UnixStream, path: &str) -> OpResult {
@@ -63,17 +83,18 @@ pub(crate) fn get(root: impl AsFd, conn: &mut UnixStream, path: &str) -> OpResul
             FileType::Dir => {
                 let dir = paths::open_in_root(&root, path, OFlags::RDONLY | OFlags::DIRECTORY)
                     .map_err(|e| os_error(e, path))?;
-                add_dir(&mut b, &dir, "", path, 0)?;
+                let dev = rustix::fs::fstat(&dir)
+                    .map_err(|e| os_error(e.into(), path))?
+                    .st_dev;
+                add_dir(&mut b, &dir, dev, Path::new(""), path, 0)?;
             }
             FileType::File | FileType::Symlink => {
                 let (dir, name) = paths::open_parent(&root, path)?;
-                add_entry(&mut b, &dir, &name, &name, path, 0)?;
+                let name = OsStr::new(&name);
+                add_entry(&mut b, &dir, None, name, Path::new(name), path, 0)?;
             }
             FileType::Other => {
-                return Err(GuestError::new(
-                    GuestErrorKind::InvalidArgument,
-                    format!("{path} is not a file or directory"),
-                ));
+                return Err(invalid(format!("{path} is not a file or directory")));
             }
         }
         b.finish()
@@ -87,16 +108,20 @@ fn header_for(st: &rustix::fs::Stat) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_mode(st.st_mode & 0o7777);
     h.set_mtime(st.st_mtime.max(0) as u64);
-    h.set_uid(st.st_uid as u64);
-    h.set_gid(st.st_gid as u64);
+    h.set_uid(u64::from(st.st_uid));
+    h.set_gid(u64::from(st.st_gid));
     h
 }
 
+/// Append `name` (in `dir`) as `rel`. `dev` is the device of the
+/// directory being archived: a directory on another device is stored
+/// without its content.
 fn add_entry<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
-    name: &str,
-    rel: &str,
+    dev: Option<u64>,
+    name: &OsStr,
+    rel: &Path,
     path: &str,
     depth: u32,
 ) -> OpResult {
@@ -114,36 +139,36 @@ fn add_entry<W: Write>(
             )
             .map_err(|e| os_error(e.into(), path))?;
             h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(st.st_size as u64);
+            let size = st.st_size as u64;
+            h.set_size(size);
             // A file that shrinks while archived would corrupt the stream:
             // read exactly the size announced, padding with zeros.
             let f = std::fs::File::from(fd)
-                .take(st.st_size as u64)
+                .take(size)
                 .chain(io::repeat(0))
-                .take(st.st_size as u64);
+                .take(size);
             b.append_data(&mut h, rel, f).map_err(err)
         }
         FileType::Dir => {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_size(0);
-            b.append_data(&mut h, format!("{rel}/"), io::empty())
+            // A trailing slash marks directories, as tar(1) writes them.
+            b.append_data(&mut h, rel.join(""), io::empty())
                 .map_err(err)?;
-            let fd = rustix::fs::openat(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| os_error(e.into(), path))?;
-            add_dir(b, &fd, rel, path, depth + 1)
+            if dev.is_some_and(|d| d != st.st_dev) {
+                return Ok(());
+            }
+            let fd = rustix::fs::openat(dir, name, DIR_NOFOLLOW, Mode::empty())
+                .map_err(|e| os_error(e.into(), path))?;
+            add_dir(b, &fd, st.st_dev, rel, path, depth + 1)
         }
         FileType::Symlink => {
             let target = rustix::fs::readlinkat(dir, name, Vec::new())
                 .map_err(|e| os_error(e.into(), path))?;
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
-            b.append_link(&mut h, rel, target.to_string_lossy().as_ref())
-                .map_err(err)
+            let target = Path::new(OsStr::from_bytes(target.as_bytes()));
+            b.append_link(&mut h, rel, target).map_err(err)
         }
         FileType::Other => Ok(()),
     }
@@ -152,33 +177,22 @@ fn add_entry<W: Write>(
 fn add_dir<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
-    rel: &str,
+    dev: u64,
+    rel: &Path,
     path: &str,
     depth: u32,
 ) -> OpResult {
     if depth > files::MAX_DEPTH {
-        return Err(GuestError::new(
-            GuestErrorKind::InvalidArgument,
-            format!("{path}: directory tree too deep"),
-        ));
+        return Err(invalid(format!(
+            "{path}: directory tree deeper than {} levels",
+            files::MAX_DEPTH
+        )));
     }
-    let mut names = Vec::new();
-    let d = rustix::fs::Dir::read_from(dir).map_err(|e| os_error(e.into(), path))?;
-    for ent in d {
-        let ent = ent.map_err(|e| os_error(e.into(), path))?;
-        let n = ent.file_name().to_string_lossy().into_owned();
-        if n != "." && n != ".." {
-            names.push(n);
-        }
-    }
-    names.sort();
-    for n in names {
-        let child_rel = if rel.is_empty() {
-            n.clone()
-        } else {
-            format!("{rel}/{n}")
-        };
-        add_entry(b, dir, &n, &child_rel, &paths::join(path, &n), depth)?;
+    let mut names = files::read_names(dir, path, usize::MAX)?;
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (n, _) in names {
+        let child = paths::join(path, &files::shown(&n));
+        add_entry(b, dir, Some(dev), &n, &rel.join(&n), &child, depth)?;
     }
     Ok(())
 }
@@ -191,6 +205,7 @@ struct FrameReader<'a> {
     total: u64,
     max: Option<u64>,
     done: bool,
+    /// Why reading stopped, when the stream (not the archive) was at fault.
     error: Option<GuestError>,
 }
 
@@ -200,29 +215,37 @@ impl Read for FrameReader<'_> {
             if self.done {
                 return Ok(0);
             }
+            let fail = |this: &mut Self, e: GuestError| {
+                let msg = e.message.clone();
+                this.error = Some(e);
+                Err(io::Error::other(msg))
+            };
             match read_frame_sync(self.conn) {
                 Ok(Frame::Data(d)) => {
-                    self.total += d.len() as u64;
+                    self.total = self.total.saturating_add(d.len() as u64);
                     if let Some(m) = self.max
                         && self.total > m
                     {
-                        self.error = Some(GuestError::new(
-                            GuestErrorKind::ResourceExhausted,
-                            format!("archive is larger than the limit of {m} bytes"),
-                        ));
-                        return Err(io::Error::other("archive too large"));
+                        return fail(
+                            self,
+                            GuestError::new(
+                                GuestErrorKind::ResourceExhausted,
+                                format!("archive is larger than the limit of {m} bytes"),
+                            ),
+                        );
                     }
                     self.buf = d;
                     self.pos = 0;
                 }
                 Ok(Frame::Eof) => self.done = true,
                 Ok(other) => {
-                    return Err(io::Error::other(format!(
+                    let e = invalid(format!(
                         "expected data or eof, got a {} frame",
                         other.kind_name()
-                    )));
+                    ));
+                    return fail(self, e);
                 }
-                Err(e) => return Err(io::Error::other(e.to_string())),
+                Err(e) => return fail(self, invalid(format!("reading the archive: {e}"))),
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -233,20 +256,17 @@ impl Read for FrameReader<'_> {
 }
 
 /// A relative entry path split into normal components; refuses anything else.
-fn components(p: &Path) -> Result<Vec<String>, GuestError> {
+fn components(p: &Path) -> Result<Vec<OsString>, GuestError> {
     let mut v = Vec::new();
     for c in p.components() {
         match c {
-            Component::Normal(s) => v.push(s.to_string_lossy().into_owned()),
+            Component::Normal(s) => v.push(s.to_owned()),
             Component::CurDir => {}
-            _ => {
-                return Err(GuestError::new(
-                    GuestErrorKind::InvalidArgument,
-                    format!(
-                        "archive entry {} leaves the target directory (absolute or `..`)",
-                        p.display()
-                    ),
-                ));
+            Component::RootDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(invalid(format!(
+                    "archive entry {} leaves the target directory (absolute or `..`)",
+                    p.display()
+                )));
             }
         }
     }
@@ -256,19 +276,13 @@ fn components(p: &Path) -> Result<Vec<String>, GuestError> {
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 /// Open the directory `comps` beneath `base`.
-fn open_beneath(base: &OwnedFd, comps: &[String]) -> io::Result<OwnedFd> {
-    let rel = if comps.is_empty() {
-        ".".to_string()
-    } else {
-        comps.join("/")
-    };
-    Ok(rustix::fs::openat2(
-        base,
-        rel.as_str(),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        BENEATH,
-    )?)
+fn open_beneath(base: &OwnedFd, comps: &[OsString], flags: OFlags) -> io::Result<OwnedFd> {
+    let mut rel = OsString::from(".");
+    for c in comps {
+        rel.push("/");
+        rel.push(c);
+    }
+    paths::openat2(base, &rel, flags | OFlags::DIRECTORY, BENEATH)
 }
 
 pub(crate) fn put(
@@ -289,142 +303,191 @@ pub(crate) fn put(
         done: false,
         error: None,
     };
-    let result = unpack(&base, &mut reader, path);
-    let result = match (result, reader.error.take()) {
-        (Err(_), Some(e)) => Err(e),
-        (r, _) => r,
-    };
-    result?;
-    // Drain to the end so the host sees our answer, not a reset.
+    let result = unpack(&base, &mut reader, path, max);
+    if let Err(e) = result {
+        // A fault of the stream (size cap, bad frame) explains the failure
+        // better than what the archive reader made of it.
+        return Err(reader.error.take().unwrap_or(e));
+    }
+    // Drain to the host's Eof so it reads our answer, not a reset.
     let mut sink = [0u8; 8192];
-    while reader
-        .read(&mut sink)
-        .map_err(|e| internal(e.to_string()))?
-        > 0
-    {}
-    let conn = reader.conn;
+    loop {
+        match reader.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                return Err(reader
+                    .error
+                    .take()
+                    .unwrap_or_else(|| internal(e.to_string())));
+            }
+        }
+    }
     let f = Frame::control(&Response::Ok).map_err(|e| internal(e.to_string()))?;
-    write_frame_sync(conn, &f).map_err(|e| internal(e.to_string()))
+    write_frame_sync(reader.conn, &f).map_err(|e| internal(e.to_string()))
 }
 
-fn unpack(base: &OwnedFd, reader: &mut FrameReader<'_>, path: &str) -> OpResult {
-    let bad = |e: io::Error| {
-        GuestError::new(
-            GuestErrorKind::InvalidArgument,
-            format!("reading the archive: {e}"),
-        )
+fn timestamps(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+        tv_nsec: 0,
     };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Remove whatever non-directory is at `name`, so it is replaced rather
+/// than written through.
+fn clear(dir: &OwnedFd, name: &OsStr, shown: &str) -> OpResult {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if files::file_type(st.st_mode) != FileType::Dir => {
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(os_error(e.into(), shown)),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn mkdir_at(dir: &OwnedFd, name: &OsStr, shown: &str) -> OpResult {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(os_error(e.into(), shown)),
+    }
+}
+
+fn unpack(base: &OwnedFd, reader: &mut FrameReader<'_>, path: &str, max: Option<u64>) -> OpResult {
+    let bad = |e: io::Error| invalid(format!("reading the archive: {e}"));
     let mut archive = tar::Archive::new(reader);
-    let mut dir_modes: Vec<(Vec<String>, u32)> = Vec::new();
+    let mut dirs: Vec<(Vec<OsString>, u32, u64)> = Vec::new();
+    let mut written: u64 = 0;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
-        let entry_path = entry.path().map_err(bad)?.into_owned();
+        let entry_path: PathBuf = entry.path().map_err(bad)?.into_owned();
         let comps = components(&entry_path)?;
         let Some((name, parent)) = comps.split_last() else {
+            // The target directory itself (`./`).
             continue;
         };
-        let shown = paths::join(path, &comps.join("/"));
+        let name = name.as_os_str();
+        let shown = paths::join(path, &entry_path.to_string_lossy());
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let mtime = h.mtime().unwrap_or(0);
         let kind = h.entry_type();
         // Parents may be missing from the archive: create them.
-        let mut cur = Vec::new();
-        for c in parent {
-            cur.push(c.clone());
-            let d = open_beneath(base, &cur[..cur.len() - 1]).map_err(|e| os_error(e, &shown))?;
-            match rustix::fs::mkdirat(&d, c.as_str(), Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(os_error(e.into(), &shown)),
-            }
+        for i in 0..parent.len() {
+            let d =
+                open_beneath(base, &parent[..i], OFlags::PATH).map_err(|e| os_error(e, &shown))?;
+            mkdir_at(&d, &parent[i], &shown)?;
         }
-        let dir = open_beneath(base, parent).map_err(|e| os_error(e, &shown))?;
-        let replace = |dir: &OwnedFd| {
-            if let Ok(st) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                && files::file_type(st.st_mode) != FileType::Dir
-            {
-                let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
-            }
-        };
+        let dir = open_beneath(base, parent, OFlags::PATH).map_err(|e| os_error(e, &shown))?;
         match kind {
             tar::EntryType::Directory => {
-                match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(os_error(e.into(), &shown)),
-                }
-                dir_modes.push((comps.clone(), mode));
+                clear(&dir, name, &shown)?;
+                mkdir_at(&dir, name, &shown)?;
+                dirs.push((comps.clone(), mode, mtime));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                replace(&dir);
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                clear(&dir, name, &shown)?;
                 let fd = rustix::fs::openat(
                     &dir,
-                    name.as_str(),
+                    name,
                     OFlags::WRONLY
                         | OFlags::CREATE
-                        | OFlags::TRUNC
+                        | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
-                .map_err(|e| os_error(e.into(), &shown))?;
+                .map_err(|e| match e {
+                    Errno::EXIST => GuestError::new(
+                        GuestErrorKind::Conflict,
+                        format!("{shown}: a directory is in the way"),
+                    ),
+                    e => os_error(e.into(), &shown),
+                })?;
                 let mut f = std::fs::File::from(fd);
-                io::copy(&mut entry, &mut f).map_err(bad)?;
+                let size = entry.size();
+                let mut got: u64 = 0;
+                let mut buf = vec![0u8; hull_proto::CHUNK];
+                loop {
+                    let n = entry.read(&mut buf).map_err(bad)?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n as u64;
+                    written = written.saturating_add(n as u64);
+                    if let Some(m) = max
+                        && written > m
+                    {
+                        return Err(GuestError::new(
+                            GuestErrorKind::ResourceExhausted,
+                            format!("archive unpacks to more than the limit of {m} bytes"),
+                        ));
+                    }
+                    f.write_all(&buf[..n]).map_err(|e| os_error(e, &shown))?;
+                }
+                if got != size {
+                    return Err(invalid(format!(
+                        "the archive ends inside {shown} ({got} of {size} bytes)"
+                    )));
+                }
                 rustix::fs::fchmod(&f, Mode::from_raw_mode(mode))
                     .map_err(|e| os_error(e.into(), &shown))?;
-                let t = rustix::fs::Timespec {
-                    tv_sec: mtime as i64,
-                    tv_nsec: 0,
-                };
-                let _ = rustix::fs::futimens(
-                    &f,
-                    &rustix::fs::Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                );
+                rustix::fs::futimens(&f, &timestamps(mtime))
+                    .map_err(|e| os_error(e.into(), &shown))?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name()
                     .map_err(bad)?
-                    .ok_or_else(|| bad(io::Error::other("symlink without target")))?;
-                replace(&dir);
-                rustix::fs::symlinkat(target.as_ref(), &dir, name.as_str())
+                    .ok_or_else(|| invalid(format!("{shown}: symlink without a target")))?;
+                clear(&dir, name, &shown)?;
+                rustix::fs::symlinkat(target.as_ref(), &dir, name)
                     .map_err(|e| os_error(e.into(), &shown))?;
+                // Best effort: not every filesystem keeps symlink times.
+                let _ = rustix::fs::utimensat(
+                    &dir,
+                    name,
+                    &timestamps(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name()
                     .map_err(bad)?
-                    .ok_or_else(|| bad(io::Error::other("hard link without target")))?;
+                    .ok_or_else(|| invalid(format!("{shown}: hard link without a target")))?;
                 let tcomps = components(&target)?;
                 let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(GuestError::new(
-                        GuestErrorKind::InvalidArgument,
-                        format!("{shown}: empty hard link target"),
-                    ));
+                    return Err(invalid(format!("{shown}: empty hard link target")));
                 };
-                let tdir = open_beneath(base, tparent).map_err(|e| os_error(e, &shown))?;
-                replace(&dir);
-                rustix::fs::linkat(&tdir, tname.as_str(), &dir, name.as_str(), AtFlags::empty())
+                let tdir =
+                    open_beneath(base, tparent, OFlags::PATH).map_err(|e| os_error(e, &shown))?;
+                clear(&dir, name, &shown)?;
+                // Without AT_SYMLINK_FOLLOW: a link to a symlink links the
+                // symlink itself, never what it points to.
+                rustix::fs::linkat(&tdir, tname.as_os_str(), &dir, name, AtFlags::empty())
                     .map_err(|e| os_error(e.into(), &shown))?;
             }
-            tar::EntryType::XGlobalHeader
-            | tar::EntryType::XHeader
-            | tar::EntryType::GNULongName
-            | tar::EntryType::GNULongLink => {}
             other => {
-                tracing::warn!(entry = %shown, kind = ?other, "skipping an archive entry that is not a file, directory or link")
+                tracing::warn!(entry = %shown, kind = ?other, "skipping an archive entry that is not a file, directory or link");
             }
         }
     }
-    // Directory modes last, so a read-only directory doesn't block its own entries.
-    for (comps, mode) in dir_modes {
-        if let Ok(d) = open_beneath(base, &comps) {
-            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&d));
-            let _ =
-                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode));
-        }
+    // Directory modes and times last, so a read-only directory does not
+    // block its own entries and adding entries does not bump its mtime.
+    for (comps, mode, mtime) in dirs {
+        let shown = paths::join(path, &PathBuf::from_iter(&comps).to_string_lossy());
+        let d = open_beneath(base, &comps, OFlags::RDONLY | OFlags::NOFOLLOW)
+            .map_err(|e| os_error(e, &shown))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode))
+            .map_err(|e| os_error(e.into(), &shown))?;
+        rustix::fs::futimens(&d, &timestamps(mtime)).map_err(|e| os_error(e.into(), &shown))?;
     }
     Ok(())
 }

@@ -39,8 +39,12 @@ pub(crate) async fn connect(mut conn: UnixStream, port: u16, host: Option<String
     let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let kind = match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => GuestErrorKind::Unavailable,
+            // Refused, unreachable, reset: nothing in the sandbox answers there.
+            let kind = match e.raw_os_error() {
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => {
+                    GuestErrorKind::ResourceExhausted
+                }
+                Some(libc::EACCES | libc::EPERM) => GuestErrorKind::PermissionDenied,
                 _ => GuestErrorKind::Unavailable,
             };
             return send_error(
