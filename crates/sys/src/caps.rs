@@ -125,13 +125,18 @@ mod tests {
         }
         // A thread has its own capability sets; do it on a fresh thread so
         // the test process keeps its own.
-        let (bnd, eff, prm, amb) = std::thread::spawn(|| {
+        let (bnd, eff, prm, inh, amb, regained) = std::thread::spawn(|| {
             drop_to_default_set().unwrap();
+            // A dropped capability cannot be raised again.
+            let regained = caps::raise(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).is_ok()
+                || caps::raise(None, CapSet::Permitted, Capability::CAP_SYS_ADMIN).is_ok();
             (
                 status_mask("CapBnd:"),
                 status_mask("CapEff:"),
                 status_mask("CapPrm:"),
+                status_mask("CapInh:"),
                 status_mask("CapAmb:"),
+                regained,
             )
         })
         .join()
@@ -139,6 +144,55 @@ mod tests {
         assert_eq!(bnd, default_mask(), "bounding");
         assert_eq!(eff, default_mask(), "effective");
         assert_eq!(prm, default_mask(), "permitted");
+        assert_eq!(inh, default_mask(), "inheritable");
         assert_eq!(amb, 0, "ambient");
+        assert!(!regained, "CAP_SYS_ADMIN came back");
+    }
+
+    /// The real use: root of a fresh user namespace (full capabilities
+    /// there) drops to the default set. Run in a forked child, which
+    /// reports through its exit code.
+    #[test]
+    fn drops_inside_a_new_user_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("HULL_TEST_PRIVILEGED").as_deref(),
+                Ok("1"),
+                "needs root"
+            );
+            eprintln!("SKIP drops_inside_a_new_user_namespace: needs root");
+            return;
+        }
+        // SAFETY: the child makes system calls, reads /proc and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = (|| {
+                    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_err() {
+                        return 10;
+                    }
+                    if status_mask("CapEff:") == default_mask() {
+                        return 11; // nothing to drop: the test would prove nothing
+                    }
+                    if drop_to_default_set().is_err() {
+                        return 12;
+                    }
+                    for f in ["CapBnd:", "CapEff:", "CapPrm:", "CapInh:"] {
+                        if status_mask(f) != default_mask() {
+                            return 13;
+                        }
+                    }
+                    if status_mask("CapAmb:") != 0 {
+                        return 14;
+                    }
+                    0
+                })();
+                // SAFETY: _exit never returns.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 }

@@ -33,6 +33,8 @@ pub enum CgroupError {
     InvalidName(String),
     #[error("cgroup {0} already exists")]
     Exists(String),
+    #[error("invalid cgroup limits: {0}")]
+    InvalidLimits(String),
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -93,6 +95,34 @@ pub struct CgroupLimits {
 
 /// The CFS period used for CPU quotas.
 pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The largest CPU limit accepted (the kernel caps quotas near 2^44 us).
+pub const MAX_CPUS: f64 = 4096.0;
+
+impl CgroupLimits {
+    /// Refuse limits the kernel would misread: zero memory or pids, a CPU
+    /// share that is not a finite number in (0, [`MAX_CPUS`]].
+    pub fn validate(&self) -> Result<(), CgroupError> {
+        if self.memory_bytes == 0 {
+            return Err(CgroupError::InvalidLimits("memory limit is 0".into()));
+        }
+        if self.pids == 0 {
+            return Err(CgroupError::InvalidLimits("pids limit is 0".into()));
+        }
+        if !self.cpus.is_finite() || self.cpus <= 0.0 || self.cpus > MAX_CPUS {
+            return Err(CgroupError::InvalidLimits(format!(
+                "cpu limit {} is outside (0, {MAX_CPUS}]",
+                self.cpus
+            )));
+        }
+        Ok(())
+    }
+
+    /// The CFS quota for [`CPU_PERIOD_US`], at least the kernel's 1 ms.
+    pub fn cpu_quota_us(&self) -> u64 {
+        ((self.cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
+    }
+}
 
 /// Cgroup mounts found in a mountinfo text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -236,6 +266,12 @@ fn check_name(name: &str) -> Result<(), CgroupError> {
     }
 }
 
+/// A parent group's name: a DNS label, optionally after `hull-`.
+fn check_parent(parent: &str) -> Result<(), CgroupError> {
+    let name = parent.strip_prefix("hull-").unwrap_or(parent);
+    check_name(name).map_err(|_| CgroupError::InvalidName(parent.to_string()))
+}
+
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(io_err("writing", path))
 }
@@ -261,15 +297,21 @@ impl CgroupManager {
     /// Detect the hierarchies and create the instance's parent group
     /// (`parent`, e.g. `hull-1a2b3c4d`) in each.
     pub fn detect(parent: &str) -> Result<Self, CgroupError> {
-        let name = parent.strip_prefix("hull-").unwrap_or(parent);
-        check_name(name).map_err(|_| CgroupError::InvalidName(parent.to_string()))?;
+        check_parent(parent)?;
         let mi = Path::new("/proc/self/mountinfo");
         let mounts = parse_mountinfo(&read(mi)?);
         let controllers = match &mounts.v2 {
             Some(v2) => fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default(),
             None => String::new(),
         };
-        let layout = plan(&mounts, &controllers)?;
+        Self::with_layout(parent, plan(&mounts, &controllers)?)
+    }
+
+    /// Use a given layout (from [`plan`]) instead of this host's, and
+    /// create the parent group in it. For hosts whose cgroupfs is mounted
+    /// somewhere unusual, and for tests over a fake tree.
+    pub fn with_layout(parent: &str, layout: Layout) -> Result<Self, CgroupError> {
+        check_parent(parent)?;
         let m = CgroupManager {
             parent: parent.to_string(),
             layout,
@@ -358,6 +400,7 @@ impl CgroupManager {
     /// Create a sandbox's group with its limits. Fails if it exists.
     pub fn create(&self, id: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
         check_name(id)?;
+        limits.validate()?;
         self.ensure_parent()?;
         let cg = self.group(id);
         for dir in cg.dirs() {
@@ -405,6 +448,19 @@ impl CgroupManager {
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// Remove the parent group when no sandbox group is left under it (a
+    /// daemon stopping with nothing running); it is re-created on next use.
+    /// `Ok(false)` when sandbox groups remain and the parent stays.
+    pub fn remove_parent_if_empty(&self) -> Result<bool, CgroupError> {
+        if !self.list()?.is_empty() {
+            return Ok(false);
+        }
+        for root in self.roots() {
+            rmdir_retry(&root.join(&self.parent))?;
+        }
+        Ok(true)
     }
 
     /// Kill everything in every sandbox group, remove them and the parent.
@@ -478,7 +534,7 @@ impl Cgroup {
                 write(&memsw, &l.memory_bytes.to_string())?;
             }
         }
-        let quota = ((l.cpus * CPU_PERIOD_US as f64).round() as u64).max(1000);
+        let quota = l.cpu_quota_us();
         let (cpu, v2) = &self.cpu;
         if *v2 {
             write(&cpu.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
@@ -709,6 +765,190 @@ mod tests {
             matches!(err, CgroupError::MissingController("pids")),
             "{err}"
         );
+    }
+
+    const LIMITS: CgroupLimits = CgroupLimits {
+        memory_bytes: 64 << 20,
+        cpus: 0.5,
+        pids: 16,
+    };
+
+    fn file(p: &Path) -> String {
+        fs::read_to_string(p).unwrap().trim().to_string()
+    }
+
+    /// The v2 code paths over a fake cgroupfs (plain files in a temp
+    /// dir): which files get which values. The kernel side of v2 is
+    /// tested in a QEMU guest (crates/runtime/tests/cgroup_v2_vm.rs).
+    #[test]
+    fn v2_writes_the_unified_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let v2 = || Place::V2(root.clone());
+        let layout = Layout {
+            memory: v2(),
+            cpu: v2(),
+            pids: v2(),
+            freezer: v2(),
+            mode: CgroupMode::V2,
+        };
+        let m = CgroupManager::with_layout("hull-fake", layout).unwrap();
+        assert_eq!(m.mode().to_string(), "v2");
+        assert!(m.controllers().values().all(|v| v == "v2"));
+        for d in [root.clone(), root.join("hull-fake")] {
+            assert_eq!(
+                file(&d.join("cgroup.subtree_control")),
+                "+memory +cpu +pids"
+            );
+        }
+        let cg = m.create("sb-1", &LIMITS).unwrap();
+        assert!(matches!(
+            m.create("sb-1", &LIMITS),
+            Err(CgroupError::Exists(_))
+        ));
+        let dir = root.join("hull-fake/sb-1");
+        assert_eq!(file(&dir.join("memory.max")), "67108864");
+        assert_eq!(file(&dir.join("cpu.max")), "50000 100000");
+        assert_eq!(file(&dir.join("pids.max")), "16");
+        // Where the kernel offers them: no swap, no group OOM kill.
+        fs::write(dir.join("memory.swap.max"), "max").unwrap();
+        fs::write(dir.join("memory.oom.group"), "1").unwrap();
+        cg.apply(&LIMITS).unwrap();
+        assert_eq!(file(&dir.join("memory.swap.max")), "0");
+        assert_eq!(file(&dir.join("memory.oom.group")), "0");
+
+        assert!(cg.v2_dir_fd().is_some());
+        cg.add_pid(4_000_000).unwrap();
+        assert_eq!(file(&dir.join("cgroup.procs")), "4000000");
+        assert_eq!(cg.pids().unwrap(), vec![4_000_000]);
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        cg.freeze().unwrap();
+        assert_eq!(file(&dir.join("cgroup.freeze")), "1");
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        cg.thaw().unwrap();
+        assert_eq!(file(&dir.join("cgroup.freeze")), "0");
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nmax 9\noom 2\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills().unwrap(), 2);
+        fs::write(dir.join("memory.current"), "12345\n").unwrap();
+        assert_eq!(cg.memory_current().unwrap(), 12345);
+        fs::write(dir.join("memory.current"), "lots\n").unwrap();
+        assert!(cg.memory_current().is_err());
+        // cgroup.kill is used when present (empty procs: nothing to wait for).
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        fs::write(dir.join("cgroup.kill"), "").unwrap();
+        cg.kill_all().unwrap();
+        assert_eq!(file(&dir.join("cgroup.kill")), "1");
+
+        assert_eq!(m.list().unwrap(), vec!["sb-1".to_string()]);
+        assert!(m.open("sb-2").unwrap().is_none());
+        assert!(m.open("../hull-fake").is_err());
+        assert!(m.create("..", &LIMITS).is_err());
+        assert!(CgroupManager::with_layout("hull-../x", m.layout().clone()).is_err());
+    }
+
+    /// The v1 code paths over a fake tree: one directory per controller.
+    #[test]
+    fn v1_writes_each_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |c: &str| {
+            let p = tmp.path().join(c);
+            fs::create_dir(&p).unwrap();
+            Place::V1(p)
+        };
+        let layout = Layout {
+            memory: at("memory"),
+            cpu: at("cpu,cpuacct"),
+            pids: at("pids"),
+            freezer: at("freezer"),
+            mode: CgroupMode::V1,
+        };
+        let m = CgroupManager::with_layout("hull-fake", layout).unwrap();
+        assert_eq!(m.controllers()["cpu"], "v1");
+        let cg = m.create("sb-1", &LIMITS).unwrap();
+        let d = |c: &str| tmp.path().join(c).join("hull-fake/sb-1");
+        assert_eq!(file(&d("memory").join("memory.limit_in_bytes")), "67108864");
+        assert_eq!(file(&d("cpu,cpuacct").join("cpu.cfs_period_us")), "100000");
+        assert_eq!(file(&d("cpu,cpuacct").join("cpu.cfs_quota_us")), "50000");
+        assert_eq!(file(&d("pids").join("pids.max")), "16");
+        // With swap accounting, memory+swap gets the same limit.
+        fs::write(d("memory").join("memory.memsw.limit_in_bytes"), "max").unwrap();
+        cg.apply(&LIMITS).unwrap();
+        assert_eq!(
+            file(&d("memory").join("memory.memsw.limit_in_bytes")),
+            "67108864"
+        );
+        assert!(cg.v2_dir_fd().is_none());
+        cg.add_pid(4_000_000).unwrap();
+        for c in ["memory", "cpu,cpuacct", "pids", "freezer"] {
+            assert_eq!(file(&d(c).join("cgroup.procs")), "4000000", "{c}");
+        }
+        cg.freeze().unwrap();
+        assert_eq!(file(&d("freezer").join("freezer.state")), "FROZEN");
+        cg.thaw().unwrap();
+        assert_eq!(file(&d("freezer").join("freezer.state")), "THAWED");
+        fs::write(
+            d("memory").join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills().unwrap(), 3);
+        fs::write(d("memory").join("memory.usage_in_bytes"), "4096\n").unwrap();
+        assert_eq!(cg.memory_current().unwrap(), 4096);
+    }
+
+    #[test]
+    fn absurd_limits_are_refused() {
+        let ok = CgroupLimits {
+            memory_bytes: 64 << 20,
+            cpus: 0.5,
+            pids: 16,
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.cpu_quota_us(), 50_000);
+        let tiny = CgroupLimits {
+            cpus: 0.001,
+            ..ok.clone()
+        };
+        assert_eq!(tiny.cpu_quota_us(), 1000);
+        for bad in [
+            CgroupLimits {
+                memory_bytes: 0,
+                ..ok.clone()
+            },
+            CgroupLimits {
+                pids: 0,
+                ..ok.clone()
+            },
+            CgroupLimits {
+                cpus: 0.0,
+                ..ok.clone()
+            },
+            CgroupLimits {
+                cpus: -1.0,
+                ..ok.clone()
+            },
+            CgroupLimits {
+                cpus: f64::NAN,
+                ..ok.clone()
+            },
+            CgroupLimits {
+                cpus: f64::INFINITY,
+                ..ok.clone()
+            },
+            CgroupLimits {
+                cpus: 1e9,
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(CgroupError::InvalidLimits(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
