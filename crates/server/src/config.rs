@@ -1,6 +1,7 @@
-//! The daemon's optional TOML config file (`/etc/hull/config.toml`, or
-//! `hull serve --config FILE`). Every key is optional; command-line flags
-//! override it, and it overrides the built-in defaults.
+//! The daemon's settings: the optional TOML config file
+//! (`/etc/hull/config.toml` when it exists, or `hull serve --config FILE`,
+//! which must exist) merged with command-line flags. Precedence: flag >
+//! config file > built-in default.
 //!
 //! ```toml
 //! state_dir = "/var/lib/hull"
@@ -15,37 +16,36 @@
 //! disk = "1G"
 //! ```
 //!
-//! Unknown keys are errors (a typo must not silently do nothing).
+//! Every key is optional. Unknown keys are errors (a typo must not silently
+//! do nothing), and every error names the file and, where it can, the line.
+//! Paths in the file must be absolute; relative paths given as flags are
+//! made absolute against the current directory. Limits: the file is at most
+//! [`MAX_CONFIG_BYTES`]; values are bounded as the API bounds them
+//! (`hull_api::limits`).
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use hull_api::Limits;
-use hull_api::limits::parse_size;
+use hull_api::limits::{MIB, parse_size};
 use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ServerConfig;
 
 /// Where the daemon looks when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/hull/config.toml";
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub state_dir: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
-    pub listen: Option<SocketAddr>,
-    pub max_upload: Option<String>,
-    #[serde(default)]
-    pub defaults: DefaultsConfig,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DefaultsConfig {
-    pub memory: Option<String>,
-    pub cpus: Option<f64>,
-    pub pids: Option<u32>,
-    pub disk: Option<String>,
-}
+/// The state directory when neither flag nor file names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hull";
+/// The unix socket when neither flag nor file names one.
+pub const DEFAULT_SOCKET: &str = "/run/hull/hull.sock";
+/// Default cap on one file or archive upload: 1 GiB.
+pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
+/// Smallest `max_upload` accepted (smaller would refuse ordinary files).
+pub const MIN_MAX_UPLOAD: u64 = MIB;
+/// A config file larger than this is refused unread.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,83 +55,370 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {path}, line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("cannot resolve the path {path} against the current directory")]
+    Absolute {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `hull serve`'s flags (and their environment variables) set; `None`
+/// means "not given", so the config file or the default applies.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    /// `--config FILE`: must exist. Without it, [`DEFAULT_CONFIG`] is read
+    /// when it exists.
+    pub config: Option<PathBuf>,
+    /// The statically linked guest agent (not a config-file key: it is
+    /// installed next to `hull`).
+    pub guest_binary: PathBuf,
+}
+
+/// A parsed and validated config file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FileConfig {
+    /// The file it was read from (`None`: no file, all defaults).
+    pub path: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub max_upload_bytes: Option<u64>,
+    /// The `[defaults]` table over the built-in defaults.
+    pub defaults: Limits,
+}
+
+/// The file's shape, with source spans for errors found after parsing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<Spanned<PathBuf>>,
+    socket: Option<Spanned<PathBuf>>,
+    listen: Option<SocketAddr>,
+    max_upload: Option<Spanned<String>>,
+    #[serde(default)]
+    defaults: RawDefaults,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    memory: Option<Spanned<String>>,
+    cpus: Option<Spanned<f64>>,
+    pids: Option<Spanned<u32>>,
+    disk: Option<Spanned<String>>,
+}
+
+/// An error at a byte range of the text.
+struct SpanError {
+    span: Option<Range<usize>>,
+    message: String,
+}
+
+fn at<T>(s: &Spanned<T>, message: String) -> SpanError {
+    SpanError {
+        span: Some(s.span()),
+        message,
+    }
 }
 
 impl FileConfig {
-    /// Load `explicit` (which must exist), else the default file if present.
+    /// Load `explicit` (which must exist), else [`DEFAULT_CONFIG`] if it
+    /// exists, else an empty config.
     pub fn load(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
-        let path = match explicit {
-            Some(p) => p.to_path_buf(),
-            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
-            None => return Ok(FileConfig::default()),
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
+        match explicit {
+            Some(p) => Self::load_file(p),
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                Self::load_file(Path::new(DEFAULT_CONFIG))
+            }
+            None => Ok(FileConfig::default()),
+        }
+    }
+
+    /// Read and parse one file.
+    pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        use std::io::Read;
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
             source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
+        Self::parse(&text, path)
+    }
+
+    /// Parse a config text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        Self::parse_inner(text, path).map_err(|e| match e.span {
+            Some(span) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, span.start),
+                message: e.message,
+            },
+            None => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message,
+            },
+        })
+    }
+
+    fn parse_inner(text: &str, path: &Path) -> Result<FileConfig, SpanError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| SpanError {
+            span: e.span(),
+            message: e.message().trim().to_string(),
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path, message })
-    }
-
-    /// Parse a config text (errors name the line).
-    pub fn parse(text: &str) -> Result<FileConfig, String> {
-        let cfg: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        cfg.limits(&Limits::default())?;
-        cfg.max_upload_bytes(0)?;
-        Ok(cfg)
-    }
-
-    /// The default limits, starting from `base`.
-    pub fn limits(&self, base: &Limits) -> Result<Limits, String> {
-        let mut l = *base;
-        let d = &self.defaults;
-        if let Some(m) = &d.memory {
-            l.memory_bytes =
-                parse_size(m).map_err(|e| format!("defaults.memory: {}", e.message))?;
+        let absolute = |key: &str, p: Option<Spanned<PathBuf>>| match p {
+            Some(p) if !p.get_ref().is_absolute() => Err(at(
+                &p,
+                format!("{key} {:?} must be an absolute path", p.get_ref()),
+            )),
+            Some(p) => Ok(Some(p.into_inner())),
+            None => Ok(None),
+        };
+        let state_dir = absolute("state_dir", raw.state_dir)?;
+        let socket = absolute("socket", raw.socket)?;
+        let max_upload_bytes = match &raw.max_upload {
+            Some(s) => {
+                let v = parse_size(s.get_ref()).map_err(|e| at(s, e.message))?;
+                if v < MIN_MAX_UPLOAD {
+                    return Err(at(
+                        s,
+                        format!("max_upload {:?} is below the minimum of 1M", s.get_ref()),
+                    ));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        // Apply one key at a time over valid defaults, so a bound that
+        // fails is the key just applied.
+        let d = &raw.defaults;
+        let mut l = Limits::default();
+        if let Some(s) = &d.memory {
+            l.memory_bytes = parse_size(s.get_ref()).map_err(|e| at(s, e.message))?;
+            l.validate().map_err(|e| at(s, e.message))?;
         }
-        if let Some(c) = d.cpus {
-            l.cpus = c;
+        if let Some(s) = &d.cpus {
+            l.cpus = *s.get_ref();
+            l.validate().map_err(|e| at(s, e.message))?;
         }
-        if let Some(p) = d.pids {
-            l.pids = p;
+        if let Some(s) = &d.pids {
+            l.pids = *s.get_ref();
+            l.validate().map_err(|e| at(s, e.message))?;
         }
         if let Some(s) = &d.disk {
-            l.disk_bytes = parse_size(s).map_err(|e| format!("defaults.disk: {}", e.message))?;
+            l.disk_bytes = parse_size(s.get_ref()).map_err(|e| at(s, e.message))?;
+            l.validate().map_err(|e| at(s, e.message))?;
         }
-        l.validate()
-            .map_err(|e| format!("defaults: {}", e.message))?;
-        Ok(l)
+        Ok(FileConfig {
+            path: Some(path.to_path_buf()),
+            state_dir,
+            socket,
+            listen: raw.listen,
+            max_upload_bytes,
+            defaults: l,
+        })
     }
+}
 
-    pub fn max_upload_bytes(&self, default: u64) -> Result<u64, String> {
-        match &self.max_upload {
-            Some(s) => parse_size(s).map_err(|e| format!("max_upload: {}", e.message)),
-            None => Ok(default),
-        }
-    }
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(&p).map_err(|source| ConfigError::Absolute { path: p, source })
+}
+
+/// Merge flags over a loaded file over the built-in defaults.
+pub fn merge(o: Overrides, file: FileConfig) -> Result<ServerConfig, ConfigError> {
+    let state_dir = match o.state_dir {
+        Some(p) => absolute(p)?,
+        None => file
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+    };
+    let socket = match o.socket {
+        Some(p) => absolute(p)?,
+        None => file.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+    };
+    Ok(ServerConfig {
+        state_dir,
+        socket,
+        listen: o.listen.or(file.listen),
+        guest_binary: o.guest_binary,
+        defaults: file.defaults,
+        max_upload_bytes: file.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD),
+        config_file: file.path,
+    })
+}
+
+/// What `hull serve` calls: load the config file named by `o.config` (or
+/// the default one if it exists) and merge `o` over it.
+pub fn resolve(o: Overrides) -> Result<ServerConfig, ConfigError> {
+    let file = FileConfig::load(o.config.as_deref())?;
+    merge(o, file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(text, Path::new("/etc/hull/test.toml"))
+    }
+
     #[test]
-    fn parses_and_rejects() {
-        let c = FileConfig::parse(
-            "socket = \"/tmp/x.sock\"\n[defaults]\nmemory = \"512M\"\npids = 64\n",
+    fn parses_every_key() {
+        let c = parse(
+            "state_dir = \"/srv/hull\"\nsocket = \"/tmp/x.sock\"\nlisten = \"127.0.0.1:7070\"\n\
+             max_upload = \"2G\"\n[defaults]\nmemory = \"512M\"\ncpus = 2\npids = 64\ndisk = \"3G\"\n",
         )
         .unwrap();
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/srv/hull")));
         assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
-        let l = c.limits(&Limits::default()).unwrap();
-        assert_eq!((l.memory_bytes, l.pids), (512 << 20, 64));
-        assert!(
-            FileConfig::parse("sockett = 1")
-                .unwrap_err()
-                .contains("sockett")
+        assert_eq!(c.listen, Some("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(c.max_upload_bytes, Some(2 << 30));
+        assert_eq!(
+            c.defaults,
+            Limits {
+                memory_bytes: 512 << 20,
+                cpus: 2.0,
+                pids: 64,
+                disk_bytes: 3 << 30
+            }
         );
-        assert!(FileConfig::parse("[defaults]\nmemory = \"lots\"").is_err());
-        assert!(FileConfig::parse("[defaults]\ncpus = 100000").is_err());
-        assert!(FileConfig::parse("listen = \"not an address\"").is_err());
+        // Fractional cpus, and an empty file is all defaults.
+        assert_eq!(parse("[defaults]\ncpus = 0.5").unwrap().defaults.cpus, 0.5);
+        let empty = parse("").unwrap();
+        assert_eq!(empty.defaults, Limits::default());
+        assert_eq!(empty.max_upload_bytes, None);
+    }
+
+    /// Each bad file fails with the line of the offending key.
+    #[test]
+    fn errors_name_the_file_and_line() {
+        for (text, line, needle) in [
+            ("socket = \"/s\"\nsockett = 1\n", 2, "sockett"),
+            ("\n\n[defaults]\nmemory = \"lots\"\n", 4, "invalid size"),
+            ("[defaults]\npids = 64\ncpus = 100000\n", 3, "cpu limit"),
+            ("[defaults]\nmemory = \"1K\"\n", 2, "memory limit"),
+            ("[defaults]\ndisk = \"0\"\n", 2, "disk limit"),
+            ("[defaults]\npids = -1\n", 2, ""),
+            ("[defaults]\nswap = \"1G\"\n", 2, "swap"),
+            ("listen = \"not an address\"\n", 1, ""),
+            ("state_dir = \"relative/dir\"\n", 1, "absolute"),
+            ("x = \n", 1, ""),
+            ("max_upload = \"10\"\n", 1, "minimum"),
+            ("max_upload = \"99999999T\"\n", 1, "invalid size"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let msg = e.to_string();
+            match &e {
+                ConfigError::Invalid { line: l, .. } => assert_eq!(*l, line, "{text:?}: {msg}"),
+                other => panic!("{text:?}: expected a line, got {other:?}"),
+            }
+            assert!(
+                msg.starts_with("config file /etc/hull/test.toml, line "),
+                "{msg}"
+            );
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn flags_override_file_overrides_defaults() {
+        let file = parse(
+            "state_dir = \"/srv/hull\"\nsocket = \"/srv/s.sock\"\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let c = merge(
+            Overrides {
+                socket: Some("/tmp/flag.sock".into()),
+                guest_binary: "/g".into(),
+                ..Default::default()
+            },
+            file.clone(),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/srv/hull"), "from the file");
+        assert_eq!(c.socket, Path::new("/tmp/flag.sock"), "the flag wins");
+        assert_eq!(c.listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(c.max_upload_bytes, DEFAULT_MAX_UPLOAD);
+        assert_eq!(
+            c.config_file.as_deref(),
+            Some(Path::new("/etc/hull/test.toml"))
+        );
+        let d = merge(
+            Overrides {
+                state_dir: Some("rel".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(d.state_dir, std::env::current_dir().unwrap().join("rel"));
+        assert_eq!(d.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(d.listen, None);
+        assert_eq!(d.defaults, Limits::default());
+        assert_eq!(d.config_file, None);
+    }
+
+    #[test]
+    fn an_explicit_file_must_exist_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let e = resolve(Overrides {
+            config: Some(missing.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Read { path, .. } if *path == missing),
+            "{e}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(
+            &big,
+            format!("# {}\n", "x".repeat(MAX_CONFIG_BYTES as usize)),
+        )
+        .unwrap();
+        assert!(matches!(
+            FileConfig::load_file(&big),
+            Err(ConfigError::Parse { .. })
+        ));
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "[defaults]\npids = 99\n").unwrap();
+        let c = resolve(Overrides {
+            config: Some(ok.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((c.defaults.pids, c.config_file), (99, Some(ok)));
     }
 }

@@ -1,136 +1,20 @@
 //! The HTTP API over a real runtime: routes, errors, hostile input, auth.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{Fixture, call, call_with, error_kind, privileged};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
-use hull_api::{ErrorBody, ExecEvent, ExecResult, FileInfo, Limits, Sandbox, SandboxList};
-use hull_runtime::{Runtime, RuntimeConfig};
+use hull_api::Sandbox;
+use hull_api::{ExecEvent, ExecResult, FileInfo, SandboxList};
 use hull_server::{Auth, router};
-use tower::ServiceExt;
 
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("HULL_TEST_PRIVILEGED").as_deref(),
-        Ok("1"),
-        "{test}: needs root"
-    );
-    eprintln!("SKIP {test}: needs root");
-    false
-}
-
-fn guest_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("HULL_GUEST_BINARY") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("hull-guest");
-    assert!(
-        p.is_file(),
-        "{} missing: build it (cargo build -p hull)",
-        p.display()
-    );
-    p
-}
-
-struct Fixture {
-    rt: Arc<Runtime>,
-    _dir: tempfile::TempDir,
-    done: bool,
-}
-
-impl Drop for Fixture {
-    /// A failed test still removes its sandboxes.
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let rt = self.rt.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(t) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            t.block_on(async {
-                let _ = rt.system_reset().await;
-                rt.shutdown().await;
-            });
-        })
-        .join();
-    }
-}
-
-impl Fixture {
-    async fn new() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("hull-s")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let rt = Runtime::open(RuntimeConfig {
-            state_dir: dir.path().into(),
-            guest_binary: guest_binary(),
-            defaults: Limits::default(),
-        })
-        .await
-        .unwrap();
-        Fixture {
-            rt,
-            _dir: dir,
-            done: false,
-        }
-    }
-    fn app(&self) -> axum::Router {
-        router(self.rt.clone(), Auth::None, 1 << 20)
-    }
-    async fn finish(mut self) {
-        self.rt.system_reset().await.unwrap();
-        self.rt.shutdown().await;
-        self.done = true;
-    }
-}
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: impl Into<Body>,
-) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.into())
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    (
-        status,
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-}
-
-fn error_kind(body: &[u8]) -> String {
-    let e: ErrorBody = serde_json::from_slice(body)
-        .unwrap_or_else(|_| panic!("error body: {}", String::from_utf8_lossy(body)));
-    e.error.kind.as_str().to_string()
-}
+/// The upload cap the router gets in these tests: above axum's 2 MiB
+/// default body limit, so a larger upload proves uploads are streamed.
+const MAX_UPLOAD: u64 = 4 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_exec_files_and_hostile_input() {
@@ -138,7 +22,7 @@ async fn lifecycle_exec_files_and_hostile_input() {
         return;
     }
     let f = Fixture::new().await;
-    let app = f.app();
+    let app = f.app(MAX_UPLOAD);
     let (s, b) = call(&app, "GET", "/v1/health", Body::empty()).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
 
@@ -265,8 +149,9 @@ async fn lifecycle_exec_files_and_hostile_input() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    // Upload above the limit (1 MiB here): refused, nothing written.
-    let big = vec![b'x'; (1 << 20) + 1];
+    // Upload above the limit: refused while streaming (no Content-Length
+    // here), nothing written.
+    let big = vec![b'x'; MAX_UPLOAD as usize + 1];
     let (s, b) = call(&app, "PUT", &format!("{furi}?path=/work/big"), big).await;
     assert!(s.is_client_error(), "{s} {}", String::from_utf8_lossy(&b));
     let (s, _) = call(
@@ -429,23 +314,12 @@ async fn tcp_requires_the_token_and_websocket_exec_works() {
         return;
     }
     let f = Fixture::new().await;
-    let state = f._dir.path();
-    let token = hull_server::ensure_token(state).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(state.join("token"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(
-            hull_server::ensure_token(state).unwrap(),
-            token,
-            "reused, not regenerated"
-        );
-    }
-    let app = router(f.rt.clone(), Auth::Bearer(Arc::new(token.clone())), 1 << 20);
+    let token = hull_server::ensure_token(f.dir.path()).unwrap();
+    let app = router(
+        f.rt.clone(),
+        Auth::Bearer(Arc::new(token.clone())),
+        MAX_UPLOAD,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -522,5 +396,480 @@ async fn tcp_requires_the_token_and_websocket_exec_works() {
     }
     assert_eq!((out.as_str(), code), ("got:hello\n", Some(0)));
     server.abort();
+    f.finish().await;
+}
+
+/// A tar archive of `(name, content)` entries, names written raw (so
+/// hostile names such as `../x` get through the builder unchecked).
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let raw = &mut h.as_gnu_mut().unwrap().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_archives_and_escapes() {
+    if !privileged("uploads_archives_and_escapes") {
+        return;
+    }
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"template":"busybox"}"#).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let sb: Sandbox = serde_json::from_slice(&b).unwrap();
+    let furi = format!("/v1/sandboxes/{}/files", sb.id);
+    let octet = [("content-type", "application/octet-stream")];
+
+    // 3 MiB: more than axum's default body limit, less than ours.
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (s, b) = call_with(
+        &app,
+        "PUT",
+        &format!("{furi}?path=/tmp/big.bin"),
+        &octet,
+        data.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("{furi}?path=/tmp/big.bin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == data, "round trip of {} bytes", data.len());
+
+    // A Content-Length above the cap is refused before any byte is read.
+    let too_long = (MAX_UPLOAD + 1).to_string();
+    let (s, b) = call_with(
+        &app,
+        "PUT",
+        &format!("{furi}?path=/tmp/cl.bin"),
+        &[("content-length", too_long.as_str())],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
+
+    // Query validation.
+    for q in [
+        "path=/tmp/x&mode=+644",
+        "path=/tmp/x&mode=0888",
+        "path=/tmp/x&mode=17777",
+        "path=/tmp/x&depth=2",
+        "mode=0644",
+    ] {
+        let (s, b) = call(&app, "PUT", &format!("{furi}?{q}"), "x").await;
+        assert_eq!(
+            (s, error_kind(&b).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_argument"),
+            "{q}"
+        );
+    }
+    let (s, b) = call(
+        &app,
+        "GET",
+        "/v1/sandboxes?label=a%3D1&label=a%3D2",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
+    // A JSON route with a non-JSON content type.
+    let (s, b) = call_with(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/exec", sb.id),
+        &[("content-type", "text/plain")],
+        r#"{"cmd":["true"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
+    assert!(String::from_utf8_lossy(&b).contains("content type"));
+
+    // Archives: put a tree, get it back.
+    let tarball = tar_of(&[("a.txt", b"A"), ("sub/b.txt", b"BB")]);
+    let (s, b) = call_with(
+        &app,
+        "PUT",
+        &format!("{furi}/archive?path=/tmp/tree"),
+        &[("content-type", "application/x-tar")],
+        tarball,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("{furi}?path=/tmp/tree/sub/b.txt"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!((s, b.as_slice()), (StatusCode::OK, b"BB".as_slice()));
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("{furi}/archive?path=/tmp/tree"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut names: Vec<String> = tar::Archive::new(b.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.iter().any(|n| n.ends_with("sub/b.txt")), "{names:?}");
+
+    // An archive above the cap. With a Content-Length it is refused before
+    // a byte is unpacked.
+    let huge = vec![7u8; MAX_UPLOAD as usize + 1024];
+    let tarball = tar_of(&[("first.txt", b"1"), ("huge.bin", &huge)]);
+    let len = tarball.len().to_string();
+    let (s, b) = call_with(
+        &app,
+        "PUT",
+        &format!("{furi}/archive?path=/tmp/over"),
+        &[
+            ("content-type", "application/x-tar"),
+            ("content-length", len.as_str()),
+        ],
+        tarball.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
+    let (s, _) = call(
+        &app,
+        "GET",
+        &format!("{furi}/stat?path=/tmp/over"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing unpacked");
+    // Streamed (no length): refused when the cap is crossed. The guest
+    // unpacks as it reads, so entries before that point stay (a known
+    // limit), but nothing beyond the cap is written.
+    let (s, b) = call_with(
+        &app,
+        "PUT",
+        &format!("{furi}/archive?path=/tmp/over"),
+        &[("content-type", "application/x-tar")],
+        tarball,
+    )
+    .await;
+    assert!(s.is_client_error(), "{s} {}", String::from_utf8_lossy(&b));
+    error_kind(&b);
+    let (_, b) = call(
+        &app,
+        "GET",
+        &format!("{furi}/list?path=/tmp/over"),
+        Body::empty(),
+    )
+    .await;
+    let list: hull_api::FileList = serde_json::from_slice(&b).unwrap();
+    let total: u64 = list.entries.iter().map(|e| e.size).sum();
+    assert!(total <= MAX_UPLOAD, "{list:?}");
+
+    // Escapes: hostile archive names, a symlink pointing out, `..` in
+    // paths. Whatever the guest answers, nothing lands on the host.
+    let marker = format!("hull-escape-{}", std::process::id());
+    let host_tmp = std::path::Path::new("/tmp").join(&marker);
+    let host_etc = std::path::Path::new("/etc").join(&marker);
+    let deep = format!("../../../../../../tmp/{marker}");
+    let abs = format!("/tmp/{marker}");
+    let tarball = tar_of(&[(deep.as_str(), b"x"), (abs.as_str(), b"x")]);
+    let (s, b) = call_with(
+        &app,
+        "PUT",
+        &format!("{furi}/archive?path=/tmp/unpack"),
+        &[("content-type", "application/x-tar")],
+        tarball,
+    )
+    .await;
+    assert!(
+        s == StatusCode::NO_CONTENT || s.is_client_error(),
+        "{s} {}",
+        String::from_utf8_lossy(&b)
+    );
+    let uri = format!("/v1/sandboxes/{}/exec", sb.id);
+    let (s, _) = call(
+        &app,
+        "POST",
+        &uri,
+        r#"{"cmd":["ln","-s","../../../../../../etc","/tmp/up"]}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("{furi}?path=/tmp/up/shadow"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "the sandbox's /etc has no shadow file: {}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, b) = call(
+        &app,
+        "PUT",
+        &format!("{furi}?path=/tmp/up/{marker}"),
+        "inside",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{furi}/rename"),
+        format!(r#"{{"from":"/tmp/up/{marker}","to":"/../../tmp/{marker}"}}"#),
+    )
+    .await;
+    assert!(
+        s == StatusCode::NO_CONTENT || s.is_client_error(),
+        "{s} {}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{furi}/mkdir"),
+        format!(r#"{{"path":"/tmp/up/../../../tmp/{marker}.d","parents":true}}"#),
+    )
+    .await;
+    assert!(
+        s == StatusCode::NO_CONTENT || s.is_client_error(),
+        "{s} {}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(
+        !host_tmp.exists(),
+        "{} escaped to the host",
+        host_tmp.display()
+    );
+    assert!(
+        !host_etc.exists(),
+        "{} escaped to the host",
+        host_etc.display()
+    );
+    assert!(
+        !std::path::Path::new(&format!("/tmp/{marker}.d")).exists(),
+        "mkdir escaped to the host"
+    );
+    // ... and the writes happened inside the sandbox.
+    let (s, b) = call(&app, "POST", &uri, r#"{"cmd":["ls","/tmp","/etc"]}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let r: ExecResult = serde_json::from_slice(&b).unwrap();
+    assert!(r.stdout.contains(&marker), "{}", r.stdout);
+
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/sandboxes/{}", sb.id),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_errors_background_processes_and_attach() {
+    if !privileged("websocket_errors_background_processes_and_attach") {
+        return;
+    }
+    use tokio_tungstenite::tungstenite::Message;
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let sb =
+        f.rt.create(hull_api::CreateSandbox {
+            template: Some("busybox".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Read text messages until the server closes; the events and how it ended.
+    async fn drain(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> (Vec<ExecEvent>, bool) {
+        let mut events = Vec::new();
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+                .await
+                .expect("the server answers")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    events.push(serde_json::from_str(t.as_str()).unwrap())
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    assert_eq!(code, Some(1000), "a normal close");
+                    return (events, true);
+                }
+                None => return (events, false),
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return (events, false),
+            }
+        }
+    }
+
+    // A first message that is not an ExecRequest: an error event, then close.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sandboxes/{}/exec/ws", sb.id))
+            .await
+            .unwrap();
+    ws.send(Message::Text(r#"{"cmd":["true"],"bogus":1}"#.into()))
+        .await
+        .unwrap();
+    let (events, closed) = drain(&mut ws).await;
+    assert!(closed);
+    assert!(
+        matches!(events.as_slice(), [ExecEvent::Error { error }] if error.kind.as_str() == "invalid_argument"),
+        "{events:?}"
+    );
+    // An unknown sandbox: not_found, then close.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sandboxes/nope/exec/ws"))
+            .await
+            .unwrap();
+    ws.send(Message::Text(r#"{"cmd":["true"]}"#.into()))
+        .await
+        .unwrap();
+    let (events, _) = drain(&mut ws).await;
+    assert!(
+        matches!(events.as_slice(), [ExecEvent::Error { error }] if error.kind.as_str() == "not_found"),
+        "{events:?}"
+    );
+
+    // A background process: listed, attached to (its output after the
+    // attach arrives), exits.
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/exec", sb.id),
+        r#"{"cmd":["sh","-c","sleep 0.5; echo bg:later; exit 7"],"background":true}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let started: hull_api::ProcessStarted = serde_json::from_slice(&b).unwrap();
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes/{}/processes", sb.id),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let list: hull_api::ProcessList = serde_json::from_slice(&b).unwrap();
+    assert!(
+        list.processes
+            .iter()
+            .any(|p| p.id == started.id && p.running),
+        "{list:?}"
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/v1/sandboxes/{}/processes/{}/attach",
+        sb.id, started.id
+    ))
+    .await
+    .unwrap();
+    let (events, closed) = drain(&mut ws).await;
+    assert!(closed, "the server closes after exit");
+    let out: String = events
+        .iter()
+        .filter_map(|e| match e {
+            ExecEvent::Stdout { data, .. } => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(out, "bg:later\n", "{events:?}");
+    assert!(
+        matches!(events.last(), Some(ExecEvent::Exit(r)) if r.exit_code == Some(7)),
+        "{events:?}"
+    );
+    // Signals: a bad process id is not_found; a sleeping one is killed.
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/processes/nope/signal", sb.id),
+        r#"{"signal":9}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (_, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/exec", sb.id),
+        r#"{"cmd":["sleep","100"],"background":true}"#,
+    )
+    .await;
+    let sleeper: hull_api::ProcessStarted = serde_json::from_slice(&b).unwrap();
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/processes/{}/signal", sb.id, sleeper.id),
+        r#"{"signal":9}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    let mut gone = false;
+    for _ in 0..100 {
+        let (_, b) = call(
+            &app,
+            "GET",
+            &format!("/v1/sandboxes/{}/processes", sb.id),
+            Body::empty(),
+        )
+        .await;
+        let list: hull_api::ProcessList = serde_json::from_slice(&b).unwrap();
+        if list
+            .processes
+            .iter()
+            .any(|p| p.id == sleeper.id && !p.running && p.signal == Some(9))
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "SIGKILL ended the background process");
+
+    server.abort();
+    f.rt.destroy(&sb.id).await.unwrap();
     f.finish().await;
 }

@@ -1,0 +1,137 @@
+//! How failures become responses: every error is an [`ApiError`] rendered
+//! as `{"error": {"kind", "message"}}` with its kind's status. Also the JSON
+//! body extractor, whose every rejection (wrong content type, oversize,
+//! malformed, unknown field) is `invalid_argument`, and the fallbacks for
+//! unknown routes and methods. Limits: JSON bodies are at most
+//! [`MAX_JSON`](crate::MAX_JSON) bytes.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hull_api::{ApiError, ErrorBody};
+use serde::de::DeserializeOwned;
+
+use crate::MAX_JSON;
+
+/// An error response.
+#[derive(Debug)]
+pub struct AppError(pub ApiError);
+
+impl From<ApiError> for AppError {
+    fn from(e: ApiError) -> Self {
+        AppError(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(ErrorBody { error: self.0 })).into_response()
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, AppError>;
+
+/// A JSON body: `application/json` (or no content type), at most
+/// [`MAX_JSON`] bytes, unknown fields refused (the `hull-api` types deny
+/// them), every failure an `invalid_argument` error.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!(
+        "content type {:?} is not JSON: send `content-type: application/json`",
+        v.to_str().unwrap_or("(not text)")
+    )))
+}
+
+fn too_large() -> ApiError {
+    ApiError::invalid(format!("request body larger than {} MiB", MAX_JSON >> 20))
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = AppError;
+    async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
+        is_json(req.headers())?;
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > MAX_JSON as u64
+        {
+            return Err(too_large().into());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON)
+            .await
+            .map_err(|e| {
+                let inner = e.into_inner();
+                if inner
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    too_large()
+                } else {
+                    ApiError::invalid(format!("cannot read the request body: {inner}"))
+                }
+            })?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid("request body is empty: expected a JSON object").into());
+        }
+        serde_json::from_slice(&bytes)
+            .map(Json)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")).into())
+    }
+}
+
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: T) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+pub(crate) async fn not_found(req: Request) -> AppError {
+    ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path())).into()
+}
+
+/// A known route with another method: `invalid_argument` (400), so the
+/// status always follows the kind.
+pub(crate) async fn method_not_allowed(req: Request) -> AppError {
+    ApiError::invalid(format!(
+        "method {} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(is_json(&h).is_ok(), "absent is accepted");
+        for (ct, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/merge-patch+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("application/jsonx", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(is_json(&h).is_ok(), ok, "{ct}");
+        }
+    }
+}
