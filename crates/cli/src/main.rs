@@ -5,18 +5,22 @@
 //! daemon answering on the local socket, they start one in the background.
 //! Exit codes: `run`/`exec` exit with the command's code, 124 when
 //! `--timeout` killed it, 128+N when signal N ended it; 125 when hull
-//! itself failed (bad flags, API errors, daemon unreachable).
+//! itself failed (bad flags, API errors, daemon unreachable); 127/126 when
+//! the program does not exist / cannot be executed. `hull run` destroys its
+//! sandbox whatever happens, also on Ctrl-C, SIGTERM or SIGHUP. Limits: a
+//! hull killed with SIGKILL leaves its `run` sandbox to the sandbox's TTL.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod bench_peers;
 mod client;
+mod cp;
+mod daemon;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -28,14 +32,17 @@ use hull_api::*;
 use hyper::Method;
 use tokio_tungstenite::tungstenite::Message;
 
-const DEFAULT_SOCKET: &str = "/run/hull/hull.sock";
-const DEFAULT_STATE_DIR: &str = "/var/lib/hull";
-
 #[derive(Parser)]
 #[command(
     name = "hull",
     version,
-    about = "hull: an agent runtime — fast, isolated sandboxes for AI agents"
+    about = "hull: an agent runtime — fast, isolated sandboxes for AI agents",
+    after_help = "Environment: HULL_SOCKET (the daemon's socket), HULL_URL + HULL_TOKEN (a daemon \
+over TCP), HULL_STATE_DIR (state directory of an auto-started or `serve`d daemon), \
+HULL_GUEST_BINARY (the guest agent `hull serve` uses; default: hull-guest next to hull), \
+HULL_LOG (daemon log filter).\n\
+Exit codes of run/exec: the command's; 124 timeout; 128+N signal N; 127/126 program \
+missing/not executable; 125 hull itself failed."
 )]
 struct Cli {
     /// The daemon's unix socket [env: HULL_SOCKET; default /run/hull/hull.sock].
@@ -313,7 +320,10 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    match rt.block_on(dispatch(cli)) {
+    let result = rt.block_on(dispatch(cli));
+    // Don't wait for a stdin reader blocked in a read that nobody needs.
+    rt.shutdown_background();
+    match result {
         Ok(Outcome::Code(c)) => ExitCode::from(c.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("hull: {}", message(&e));
@@ -329,12 +339,6 @@ fn message(e: &anyhow::Error) -> String {
     }
 }
 
-fn socket_path(cli_socket: &Option<PathBuf>) -> PathBuf {
-    cli_socket
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
-}
-
 async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     let json_out = cli.json;
     if let Cmd::Serve {
@@ -343,10 +347,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         config,
     } = cli.cmd
     {
-        serve(cli.socket, state_dir, listen, config).await?;
+        daemon::serve(cli.socket, state_dir, listen, config).await?;
         return Ok(Outcome::Code(0));
     }
-    let client = Client::from_env(socket_path(&cli.socket))?;
+    let client = Client::from_env(daemon::client_socket(cli.socket))?;
     if let Cmd::Version = cli.cmd {
         println!("hull {}", env!("CARGO_PKG_VERSION"));
         match client
@@ -361,7 +365,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Code(0));
     }
-    ensure_daemon(&client, &cli.socket).await?;
+    daemon::ensure(&client).await?;
     let ok = Outcome::Code(0);
     match cli.cmd {
         Cmd::Serve { .. } | Cmd::Version | Cmd::BenchPeer { .. } => unreachable!("handled above"),
@@ -446,7 +450,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(ok)
         }
         Cmd::Cp { src, dst } => {
-            copy(&client, &src, &dst).await?;
+            cp::copy(&client, &src, &dst).await?;
             Ok(ok)
         }
         Cmd::Ps { id } => {
@@ -675,6 +679,35 @@ fn exec_request(
     })
 }
 
+/// SIGINT, SIGTERM and SIGHUP as they reach hull. Listening replaces their
+/// default action (death), so `run` gets to destroy its sandbox and `exec`
+/// to forward them to its command.
+struct Terminations {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Terminations {
+    fn listen() -> anyhow::Result<Terminations> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Terminations {
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+        })
+    }
+
+    /// The next one's number.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+}
+
 async fn run(
     client: &Client,
     sb: SandboxOpts,
@@ -682,18 +715,24 @@ async fn run(
     cmd: Vec<String>,
 ) -> anyhow::Result<Outcome> {
     let create = sb.request()?;
-    let s: Sandbox = client
-        .call(Method::POST, "/v1/sandboxes", Some(&create))
-        .await?;
-    let req = exec_request(&ex, cmd, BTreeMap::new(), None, None);
-    let result = match req {
-        Ok(req) => {
-            tokio::select! {
-                r = exec(client, &s.id, req, &ex) => r,
-                _ = tokio::signal::ctrl_c() => Ok(Outcome::Code(130)),
+    let req = exec_request(&ex, cmd, BTreeMap::new(), None, None)?;
+    let mut stop = Terminations::listen()?;
+    // A signal during create waits for the sandbox, then destroys it.
+    let created = client.call::<Sandbox>(Method::POST, "/v1/sandboxes", Some(&create));
+    tokio::pin!(created);
+    let (s, mut interrupted) = tokio::select! {
+        r = &mut created => (r?, None),
+        sig = stop.next() => (created.await?, Some(sig)),
+    };
+    let result = match interrupted {
+        Some(_) => Ok(Outcome::Code(125)),
+        None => tokio::select! {
+            r = exec(client, &s.id, req, &ex) => r,
+            sig = stop.next() => {
+                interrupted = Some(sig);
+                Ok(Outcome::Code(125))
             }
-        }
-        Err(e) => Err(e),
+        },
     };
     // Always destroy, whatever happened above.
     if let Err(e) = client
@@ -703,7 +742,11 @@ async fn run(
     {
         eprintln!("hull: destroying sandbox {}: {}", s.id, message(&e.into()));
     }
-    result
+    match interrupted {
+        // Report the signal as a shell would for a command it ended.
+        Some(sig) => Ok(Outcome::Code(128 + sig)),
+        None => result,
+    }
 }
 
 fn write_event(stderr: bool, data: &str, data_b64: &str) {
@@ -793,7 +836,34 @@ async fn exec_inner(
         .await?;
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
+    // The first signal goes to the command (which then exits as it
+    // chooses); a second one stops waiting for it.
+    let mut signals = Terminations::listen()?;
+    let mut process: Option<String> = None;
+    let mut forwarded = false;
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            sig = signals.next() => {
+                match (&process, forwarded) {
+                    (Some(p), false) => {
+                        forwarded = true;
+                        let path = sb_path(id, &format!("/processes/{}/signal", enc(p)));
+                        if let Err(e) = client
+                            .call_empty(Method::POST, &path, Some(&SignalRequest { signal: sig }))
+                            .await
+                        {
+                            eprintln!("hull: forwarding signal {sig}: {}", message(&e.into()));
+                        }
+                    }
+                    _ => return Ok(Outcome::Code(128 + sig)),
+                }
+                continue;
+            }
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let frame = frame.map_err(|e| anyhow!("reading output: {e}"))?;
         let Some(data) = frame.data_ref() else {
             continue;
@@ -803,6 +873,9 @@ async fn exec_inner(
             let line: Vec<u8> = buf.drain(..=pos).collect();
             let ev: ExecEvent =
                 serde_json::from_slice(&line).context("unexpected output from the daemon")?;
+            if let ExecEvent::Started { id, .. } = &ev {
+                process = Some(id.clone());
+            }
             if let Some(code) = on_event(ev)? {
                 return Ok(Outcome::Code(code));
             }
@@ -947,286 +1020,130 @@ async fn exec_ws(
     }
 }
 
-/// `ID:PATH` -> (id, path) when `s` names a sandbox path.
-fn remote(s: &str) -> Option<(&str, &str)> {
-    let (id, path) = s.split_once(':')?;
-    let label = !id.is_empty()
-        && id.len() <= 63
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    (label && path.starts_with('/')).then_some((id, path))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn copy(client: &Client, src: &str, dst: &str) -> anyhow::Result<()> {
-    match (remote(src), remote(dst)) {
-        (Some(_), Some(_)) => {
-            bail!("copy between two sandboxes is not supported: copy to the host first")
-        }
-        (None, None) => bail!("one of SRC and DST must be a sandbox path written ID:/PATH"),
-        (Some((id, path)), None) => download(client, id, path, dst).await,
-        (None, Some((id, path))) => upload(client, src, id, path).await,
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hull").chain(args.iter().copied()))
     }
-}
 
-async fn download(client: &Client, id: &str, path: &str, dst: &str) -> anyhow::Result<()> {
-    let st: FileInfo = client
-        .call(
-            Method::GET,
-            &format!("{}?path={}", sb_path(id, "/files/stat"), enc(path)),
-            None::<&()>,
-        )
-        .await?;
-    if st.kind == "dir" {
-        if dst == "-" {
-            bail!("{path} is a directory; it cannot be written to stdout");
-        }
-        let resp = client
-            .send(
-                Method::GET,
-                &format!("{}?path={}", sb_path(id, "/files/archive"), enc(path)),
-                None,
-                client::empty(),
-            )
-            .await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| anyhow!("downloading: {e}"))?
-            .to_bytes();
-        let target = PathBuf::from(dst);
-        std::fs::create_dir_all(&target).with_context(|| format!("creating {dst}"))?;
-        // tar's unpack_in refuses entries that would land outside `target`.
-        let mut ar = tar::Archive::new(std::io::Cursor::new(bytes));
-        ar.set_preserve_permissions(true);
-        for entry in ar.entries()? {
-            let mut entry = entry?;
-            if !entry.unpack_in(&target)? {
-                eprintln!(
-                    "hull: skipped an archive entry outside {dst}: {}",
-                    entry.path()?.display()
-                );
-            }
-        }
-        return Ok(());
-    }
-    let resp = client
-        .send(
-            Method::GET,
-            &format!("{}?path={}", sb_path(id, "/files"), enc(path)),
-            None,
-            client::empty(),
-        )
-        .await?;
-    let mut body = resp.into_body();
-    let mut out: Box<dyn Write> = if dst == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        let mut target = PathBuf::from(dst);
-        if target.is_dir() {
-            target = target.join(
-                Path::new(path)
-                    .file_name()
-                    .ok_or_else(|| anyhow!("{path} has no file name"))?,
-            );
-        }
-        Box::new(
-            std::fs::File::create(&target)
-                .with_context(|| format!("creating {}", target.display()))?,
-        )
-    };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| anyhow!("downloading: {e}"))?;
-        if let Some(d) = frame.data_ref() {
-            out.write_all(d)?;
+    #[test]
+    fn command_lines() {
+        let c = parse(&["run", "-it", "--timeout", "5s", "--", "sh", "-c", "x"]).unwrap();
+        let Cmd::Run { ex, cmd, sb } = c.cmd else {
+            panic!("not run")
+        };
+        assert!(ex.interactive && ex.tty);
+        assert_eq!(cmd, ["sh", "-c", "x"]);
+        assert_eq!(sb.request().unwrap().template.as_deref(), Some("host"));
+        // Everything after `--` belongs to the command, flags included.
+        let c = parse(&["exec", "box", "--", "ls", "--json", "-l"]).unwrap();
+        let Cmd::Exec { id, cmd, .. } = c.cmd else {
+            panic!("not exec")
+        };
+        assert_eq!((id.as_str(), cmd.len()), ("box", 3));
+        assert!(!c.json);
+        assert!(parse(&["ls", "--json"]).unwrap().json);
+        let c = parse(&["rm", "a", "b", "c"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Rm { ids } if ids.len() == 3));
+        for bad in [
+            &["run"][..],
+            &["run", "--"],
+            &["rm"],
+            &["exec", "id"],
+            &["ttl", "id"],
+            &["run", "--cpus", "many", "--", "true"],
+            &["serve", "--listen", "not-an-address"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
-    out.flush()?;
-    Ok(())
-}
 
-async fn upload(client: &Client, src: &str, id: &str, path: &str) -> anyhow::Result<()> {
-    let local = Path::new(src);
-    if src != "-" && local.is_dir() {
-        // Pack into a temporary file, then stream it.
-        let tmp = tempfile::tempfile()?;
-        let mut b = tar::Builder::new(tmp);
-        b.follow_symlinks(false);
-        b.append_dir_all(".", local)
-            .with_context(|| format!("packing {src}"))?;
-        let mut tmp = b.into_inner()?;
-        use std::io::Seek;
-        tmp.seek(std::io::SeekFrom::Start(0))?;
-        let len = tmp.metadata()?.len();
-        let body = client::reader_body(tokio::fs::File::from_std(tmp));
-        let _ = len;
-        let resp = client
-            .send(
-                Method::PUT,
-                &format!("{}?path={}", sb_path(id, "/files/archive"), enc(path)),
-                Some("application/x-tar"),
-                body,
-            )
-            .await?;
-        let _ = resp.into_body().collect().await;
-        return Ok(());
-    }
-    // A file: into PATH, or PATH/<name> when PATH is an existing directory.
-    let mut target = path.to_string();
-    let name = if src == "-" {
-        None
-    } else {
-        local.file_name().map(|n| n.to_string_lossy().into_owned())
-    };
-    let is_dir = path.ends_with('/')
-        || matches!(
-            client.call::<FileInfo>(Method::GET, &format!("{}?path={}", sb_path(id, "/files/stat"), enc(path)), None::<&()>).await,
-            Ok(st) if st.kind == "dir"
+    #[test]
+    fn sandbox_options() {
+        let c = parse(&[
+            "create",
+            "--template",
+            "busybox",
+            "--memory",
+            "512M",
+            "--disk",
+            "2G",
+            "--ttl",
+            "10m",
+            "--profile",
+            "rollout",
+            "-e",
+            "A=1",
+            "-e",
+            "B=x=y",
+            "-l",
+            "team=a",
+            "-u",
+            "nobody",
+        ])
+        .unwrap();
+        let Cmd::Create { sb } = c.cmd else {
+            panic!("not create")
+        };
+        let r = sb.request().unwrap();
+        assert_eq!(r.limits.memory_bytes, Some(512 << 20));
+        assert_eq!(r.limits.disk_bytes, Some(2 << 30));
+        assert_eq!(r.ttl_seconds, Some(600));
+        assert_eq!(r.env["B"], "x=y");
+        assert_eq!(r.labels["team"], "a");
+        assert_eq!(r.user.as_deref(), Some("nobody"));
+        let bad = |opts: SandboxOpts| opts.request().unwrap_err().to_string();
+        let base = SandboxOpts::default();
+        assert!(
+            bad(SandboxOpts {
+                memory: Some("lots".into()),
+                ..base.clone()
+            })
+            .contains("--memory")
         );
-    if is_dir {
-        let n = name.ok_or_else(|| anyhow!("{path} is a directory: name the file to write"))?;
-        target = format!("{}/{n}", path.trim_end_matches('/'));
+        assert!(
+            bad(SandboxOpts {
+                ttl: Some("-1s".into()),
+                ..base.clone()
+            })
+            .contains("--ttl")
+        );
+        assert!(
+            bad(SandboxOpts {
+                profile: Some("fast".into()),
+                ..base.clone()
+            })
+            .contains("fast")
+        );
+        assert!(
+            bad(SandboxOpts {
+                env: vec!["NOEQUALS".into()],
+                ..base.clone()
+            })
+            .contains("KEY=VALUE")
+        );
+        assert!(
+            bad(SandboxOpts {
+                labels: vec!["=v".into()],
+                ..base
+            })
+            .contains("empty key")
+        );
     }
-    let mode = if src == "-" {
-        None
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        Some(
-            std::fs::metadata(local)
-                .with_context(|| format!("reading {src}"))?
-                .permissions()
-                .mode()
-                & 0o7777,
-        )
-    };
-    let body = if src == "-" {
-        client::reader_body(tokio::io::stdin())
-    } else {
-        client::reader_body(
-            tokio::fs::File::open(local)
-                .await
-                .with_context(|| format!("opening {src}"))?,
-        )
-    };
-    let mut p = format!("{}?path={}", sb_path(id, "/files"), enc(&target));
-    if let Some(m) = mode {
-        p.push_str(&format!("&mode={m:o}"));
-    }
-    let resp = client
-        .send(Method::PUT, &p, Some("application/octet-stream"), body)
-        .await?;
-    let _ = resp.into_body().collect().await;
-    Ok(())
-}
 
-async fn serve(
-    socket: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    listen: Option<std::net::SocketAddr>,
-    config: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let file = hull_server::config::FileConfig::load(config.as_deref())?;
-    let guest_binary = match std::env::var_os("HULL_GUEST_BINARY") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("hull-guest"))
-            .ok_or_else(|| anyhow!("cannot locate hull-guest"))?,
-    };
-    let defaults = file
-        .limits(&Limits::default())
-        .map_err(|e| anyhow!("config: {e}"))?;
-    let cfg = hull_server::ServerConfig {
-        state_dir: state_dir
-            .or_else(|| std::env::var_os("HULL_STATE_DIR").map(PathBuf::from))
-            .or(file.state_dir.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
-        socket: socket
-            .or(file.socket.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
-        listen: listen.or(file.listen),
-        guest_binary,
-        defaults,
-        max_upload_bytes: file
-            .max_upload_bytes(hull_server::DEFAULT_MAX_UPLOAD)
-            .map_err(|e| anyhow!("config: {e}"))?,
-    };
-    hull_server::run(cfg).await
-}
-
-/// Start a daemon in the background when none answers on the local socket.
-async fn ensure_daemon(client: &Client, socket: &Option<PathBuf>) -> anyhow::Result<()> {
-    let client::Endpoint::Unix(sock) = &client.endpoint else {
-        return Ok(());
-    };
-    if client.connect().await.is_ok() {
-        return Ok(());
-    }
-    let state_dir = std::env::var_os("HULL_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let log_path = state_dir.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    eprintln!(
-        "hull: starting the daemon on {} (log: {})",
-        sock.display(),
-        log_path.display()
-    );
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("serve")
-        .arg("--socket")
-        .arg(sock)
-        .arg("--state-dir")
-        .arg(&state_dir);
-    let _ = socket;
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
-    let mut child = cmd.spawn().context("starting `hull serve`")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if client
-            .call::<Health>(Method::GET, "/v1/health", None::<&()>)
-            .await
-            .is_ok()
-        {
-            // Reap the daemon if it ever exits while we run; it outlives us otherwise.
-            std::thread::spawn(move || {
-                let _ = child.wait();
-            });
-            return Ok(());
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            // Another client may have started one at the same time.
-            if client.connect().await.is_ok() {
-                return Ok(());
-            }
-            bail!("the daemon exited ({st}); see {}", log_path.display());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the daemon did not start within 20 s; see {}",
-                log_path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    #[test]
+    fn paths_and_times() {
+        // Ids are percent-encoded: they can never add path segments or a query.
+        assert_eq!(sb_path("abc", "/exec"), "/v1/sandboxes/abc/exec");
+        assert_eq!(sb_path("../x", ""), "/v1/sandboxes/..%2Fx");
+        assert_eq!(sb_path("a?b#c d", ""), "/v1/sandboxes/a%3Fb%23c%20d");
+        assert_eq!(human_secs(59), "59s");
+        assert_eq!(human_secs(3600), "1h");
+        assert_eq!(human_secs(2 * 86400), "2d");
+        assert_eq!(seconds("1.5s", "x").unwrap(), 2);
+        assert!(seconds("soon", "x").is_err());
     }
 }

@@ -59,30 +59,57 @@ impl Env {
         );
         String::from_utf8(o.stdout).unwrap()
     }
-    fn daemon_pid(&self) -> Option<i32> {
-        let out = Command::new("pgrep")
+    /// Every daemon serving this test's socket.
+    fn daemon_pids(&self) -> Vec<i32> {
+        let Ok(out) = Command::new("pgrep")
             .arg("-f")
             .arg(format!("serve --socket {}", self.socket().display()))
             .output()
-            .ok()?;
+        else {
+            return Vec::new();
+        };
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
+    fn daemon_pid(&self) -> Option<i32> {
+        self.daemon_pids().first().copied()
+    }
+    /// Poll `f` for up to `secs` seconds.
+    fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+    fn sandbox_count(&self) -> usize {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap();
+        v["sandboxes"].as_array().unwrap().len()
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = self.run(&["system", "reset", "--force"]);
-        if let Some(pid) = self.daemon_pid() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+        if !self.daemon_pids().is_empty() {
+            let _ = self.run(&["system", "reset", "--force"]);
+        }
+        // SIGTERM, then SIGKILL for what a test failure left behind.
+        for sig in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGKILL] {
+            for pid in self.daemon_pids() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
             for _ in 0..100 {
-                if self.daemon_pid().is_none() {
-                    break;
+                if self.daemon_pids().is_empty() {
+                    return;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
@@ -212,6 +239,13 @@ fn sandbox_commands() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "piped data");
     // ls, inspect, --json.
+    // A terminal with -t (even when hull's stdin is not one).
+    let o = env.ok(&["exec", "-t", id, "--", "sh", "-c", "test -t 1 && echo tty"]);
+    assert!(o.contains("tty"), "{o:?}");
+    assert_eq!(
+        env.ok(&["exec", id, "-u", "nobody", "--", "id", "-u"]),
+        "65534\n"
+    );
     let ls = env.ok(&["ls", "-l", "team=a"]);
     assert!(ls.contains(id) && ls.contains("box"), "{ls}");
     assert!(!env.ok(&["ls", "-l", "team=b"]).contains(id));
@@ -264,8 +298,29 @@ fn sandbox_commands() {
     env.ok(&["ttl", id, "2h"]);
     assert!(env.ok(&["ls"]).contains("2h") || env.ok(&["ls"]).contains("1h"));
     assert!(env.ok(&["ps", id]).contains("cat"));
-    // Unknown ids, bad arguments.
-    assert_eq!(code(&env.run(&["exec", "nope", "--", "true"])), 125);
+    // Unknown ids, bad arguments: 125 and the API's message.
+    for args in [
+        &["exec", "nope", "--", "true"][..],
+        &["inspect", "nope"],
+        &["pause", "nope"],
+        &["ttl", "nope", "1m"],
+        &["cp", "nope:/etc/passwd", "-"],
+    ] {
+        let o = env.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(code(&o), 125, "{args:?}");
+        assert!(
+            err.starts_with("hull: ") && err.contains("nope"),
+            "{args:?}: {err}"
+        );
+    }
+    // Several ids at once; a failure among them is reported and exits 125.
+    let o = env.run(&["pause", id, "nope"]);
+    assert_eq!(
+        (code(&o), String::from_utf8_lossy(&o.stdout).trim()),
+        (125, id)
+    );
+    env.ok(&["resume", id]);
     assert_eq!(code(&env.run(&["ttl", id, "forever"])), 125);
     assert_eq!(code(&env.run(&["cp", "a", "b"])), 125);
     let info = env.ok(&["info"]);
@@ -274,4 +329,347 @@ fn sandbox_commands() {
     assert_eq!(code(&env.run(&["rm", id])), 125);
     // system reset refuses without --force when not on a terminal.
     assert_eq!(code(&env.run(&["system", "reset"])), 125);
+}
+
+/// SIGKILL the daemon while creates are in flight, restart it: running
+/// sandboxes survive and are re-adopted; half-created ones leave nothing.
+#[test]
+fn daemon_killed_during_create_recovers_cleanly() {
+    if !privileged("daemon_killed_during_create") {
+        return;
+    }
+    let env = Env::new();
+    let a = env
+        .ok(&["create", "--template", "busybox"])
+        .trim()
+        .to_string();
+    env.ok(&["exec", &a, "--", "sh", "-c", "echo kept > /tmp/state"]);
+    let pid = env.daemon_pid().expect("daemon running");
+    let creators: Vec<_> = (0..4)
+        .map(|_| {
+            env.cmd(&["create", "--template", "busybox"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(15));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    // The clients get an answer or an error, never a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stuck = 0;
+    for mut c in creators {
+        while c.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                stuck += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    assert_eq!(
+        stuck, 0,
+        "`hull create` never heard back from the killed daemon (something it forked still holds the connections)"
+    );
+    // Wait for the old daemon to be gone, then any client command restarts one.
+    for _ in 0..100 {
+        if env.daemon_pid().is_none_or(|p| p != pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["ls", "--json"])).unwrap();
+    // Nothing the killed daemon forked outlives it: one process serves.
+    let mut procs = env.daemon_pids();
+    for _ in 0..100 {
+        if procs.len() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        procs = env.daemon_pids();
+    }
+    assert_eq!(procs.len(), 1, "processes of the daemons: {procs:?}");
+    let sandboxes = list["sandboxes"].as_array().unwrap();
+    assert!(sandboxes.iter().any(|s| s["id"] == a.as_str()), "{list}");
+    assert_eq!(
+        env.ok(&["exec", &a, "--", "cat", "/tmp/state"]),
+        "kept\n",
+        "the sandbox kept running"
+    );
+    for s in sandboxes {
+        assert_eq!(
+            s["state"], "running",
+            "no half-created sandbox survives: {s}"
+        );
+        env.ok(&["exec", s["id"].as_str().unwrap(), "--", "true"]);
+    }
+    // On the host: exactly one directory and one cgroup per listed sandbox.
+    let dirs = std::fs::read_dir(env.state().join("sandboxes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(dirs, sandboxes.len(), "sandbox directories");
+    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "--json"])).unwrap();
+    let parent = format!("hull-{}", info["instance_id"].as_str().unwrap());
+    let cgroups = std::fs::read_dir(Path::new("/sys/fs/cgroup/pids").join(&parent))
+        .or_else(|_| std::fs::read_dir(Path::new("/sys/fs/cgroup").join(&parent)))
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    assert_eq!(cgroups, sandboxes.len(), "sandbox cgroups");
+}
+
+/// Several clients finding no daemon start exactly one between them.
+#[test]
+fn concurrent_clients_start_one_daemon() {
+    if !privileged("concurrent_clients_start_one_daemon") {
+        return;
+    }
+    let env = Env::new();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            env.cmd(&["ls", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["sandboxes"].as_array().map(Vec::len), Some(0));
+    }
+    assert_eq!(env.daemon_pids().len(), 1, "one daemon");
+}
+
+/// Concurrent `hull run`s on a fresh daemon, whose first sandboxes build
+/// the template while the others wait for it.
+#[test]
+fn concurrent_runs_on_a_fresh_daemon() {
+    if !privileged("concurrent_runs_on_a_fresh_daemon") {
+        return;
+    }
+    let env = Env::new();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            env.cmd(&["run", "--template", "busybox", "--", "echo", "hi"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(
+            (code(&o), String::from_utf8_lossy(&o.stdout).as_ref()),
+            (0, "hi\n"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(env.daemon_pids().len(), 1, "one daemon");
+    assert_eq!(env.sandbox_count(), 0);
+}
+
+/// Ctrl-C/SIGTERM on `hull run` destroys its sandbox; on `hull exec` the
+/// signal reaches the command, whose exit status becomes hull's.
+#[test]
+fn signals_destroy_run_sandboxes_and_reach_exec_commands() {
+    if !privileged("signals") {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    let env = Env::new();
+    let id = env
+        .ok(&["create", "--template", "busybox"])
+        .trim()
+        .to_string();
+    for (sig, expect) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let child = env
+            .cmd(&["run", "--template", "busybox", "--", "sleep", "30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        env.wait_for(10, "the run sandbox", || env.sandbox_count() == 2);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        signal(child.id(), sig);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), expect, "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            env.sandbox_count(),
+            1,
+            "the run sandbox is gone after {sig}"
+        );
+    }
+    // exec: the command traps SIGINT and exits 3.
+    let child = env
+        .cmd(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo trapped; exit 3' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_for(10, "the command to start", || {
+        env.ok(&["ps", &id]).contains("running")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    signal(child.id(), Signal::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        (code(&o), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (3, "ready\ntrapped\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    env.ok(&["rm", &id]);
+}
+
+/// `--json` prints the API's objects; `version`, `stop`, `info --json`.
+#[test]
+fn json_version_and_stop() {
+    if !privileged("json_version_and_stop") {
+        return;
+    }
+    let env = Env::new();
+    // `version` never starts a daemon.
+    let v = env.ok(&["version"]);
+    assert!(v.starts_with("hull ") && v.contains("not running"), "{v}");
+    assert!(env.daemon_pids().is_empty());
+    let s: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "create",
+        "--template",
+        "busybox",
+        "--ttl",
+        "10m",
+        "--memory",
+        "256M",
+        "--json",
+    ]))
+    .unwrap();
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["template"], "busybox");
+    assert_eq!(s["limits"]["memory_bytes"], 256u64 << 20, "{s}");
+    assert!(s["expires_at"].as_u64().is_some(), "{s}");
+    let v = env.ok(&["version"]);
+    assert!(v.contains("daemon "), "{v}");
+    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "--json"])).unwrap();
+    assert!(info["instance_id"].is_string(), "{info}");
+    let ls: serde_json::Value = serde_json::from_str(&env.ok(&["--json", "ls"])).unwrap();
+    assert_eq!(ls["sandboxes"][0]["id"], id.as_str());
+    let stopped: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stop", &id, "--json"])).unwrap();
+    assert_eq!(stopped["state"], "stopped");
+    let o = env.run(&["exec", &id, "--", "true"]);
+    assert_eq!(code(&o), 125);
+    env.ok(&["rm", &id]);
+}
+
+/// `hull serve` started by hand, also on TCP: clients with `HULL_URL` +
+/// `HULL_TOKEN` work, without the token they are refused, and `HULL_URL`
+/// never auto-starts a daemon.
+#[test]
+fn serve_by_hand_and_tcp_clients() {
+    if !privileged("serve_by_hand_and_tcp_clients") {
+        return;
+    }
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .args(["serve", "--socket"])
+        .arg(env.socket())
+        .arg("--state-dir")
+        .arg(env.state())
+        .args(["--listen", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for(20, "the daemon's token", || {
+        env.state().join("token").exists()
+    });
+    env.wait_for(20, "the daemon", || env.run(&["ls"]).status.success());
+    let token = std::fs::read_to_string(env.state().join("token")).unwrap();
+    let tcp = |token: Option<&str>, args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env("HULL_URL", format!("http://{addr}"));
+        match token {
+            Some(t) => c.env("HULL_TOKEN", t.trim()),
+            None => c.env_remove("HULL_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    let o = tcp(
+        Some(&token),
+        &["run", "--template", "busybox", "--", "echo", "over tcp"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "over tcp\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = tcp(None, &["ls"]);
+    assert_eq!(code(&o), 125);
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("hull: "));
+    let o = tcp(Some("wrong"), &["ls"]);
+    assert_eq!(code(&o), 125);
+    // A second daemon on a live socket is refused.
+    let mut second = env
+        .cmd(&[
+            "serve",
+            "--state-dir",
+            env.dir.path().join("other").to_str().unwrap(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..200 {
+        if let Some(st) = second.try_wait().unwrap() {
+            refused = Some(st);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if refused.is_none() {
+        let _ = second.kill();
+        let _ = second.wait();
+    }
+    assert!(
+        refused.is_some_and(|st| !st.success()),
+        "a second daemon is refused: {refused:?}"
+    );
+    // Nothing listens here: no auto-start over TCP.
+    let dead = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .args(["ls"])
+        .env("HULL_URL", "http://127.0.0.1:9")
+        .env("HULL_SOCKET", env.dir.path().join("unused.sock"))
+        .env("HULL_STATE_DIR", env.dir.path().join("unused"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&dead), 125);
+    assert!(
+        !env.dir.path().join("unused").exists(),
+        "no daemon was started"
+    );
+    drop(env);
+    let _ = daemon.wait();
 }
