@@ -489,6 +489,21 @@ impl ContainerHost {
     /// Remove everything this instance made on the host: every sandbox's
     /// processes and cgroup, the cgroup parent, the template mounts, the
     /// built templates, the sandbox directories.
+    /// For a daemon that is stopping: when no sandbox is left, undo the
+    /// host-wide setup (template mounts, the cgroup parent), so a stopped
+    /// daemon leaves nothing on the host. With sandboxes alive it keeps
+    /// everything for them (they outlive the daemon) and returns `false`.
+    pub fn release_if_idle(&self) -> Result<bool, ContainerError> {
+        if !self.leftovers().is_empty() {
+            return Ok(false);
+        }
+        let mut lowers = self.lowers.lock().unwrap_or_else(|e| e.into_inner());
+        hull_sys::mount::unmount_all_under(&self.state_dir.join("mnt"));
+        lowers.clear();
+        drop(lowers);
+        Ok(self.cgroups.remove_parent_if_empty()?)
+    }
+
     pub fn reset(&self) -> Result<Vec<String>, ContainerError> {
         let mut removed = Vec::new();
         for id in self.leftovers() {

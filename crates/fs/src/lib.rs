@@ -151,6 +151,9 @@ pub struct TemplateStatus {
 #[derive(Debug, Clone)]
 pub struct TemplateStore {
     dir: PathBuf,
+    /// Serialises first-use builds: concurrent creates of a template that
+    /// is not built yet must not race on its staging directory.
+    building: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -160,6 +163,7 @@ impl TemplateStore {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             dir: state_dir.join("templates"),
+            building: Default::default(),
         }
     }
 
@@ -204,6 +208,12 @@ impl TemplateStore {
     /// Get a template by name, building its files on first use.
     pub fn get(&self, name: &str) -> Result<Template, TemplateError> {
         self.check(name)?;
+        // A poisoned lock only means another build panicked; its staging
+        // directory is discarded by the next build, so carry on.
+        let _building = self
+            .building
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match name {
             "host" => self.host(),
             "busybox" => self.busybox(),
@@ -448,6 +458,29 @@ mod tests {
         // Idempotent: a second get reuses the files.
         let again = store.get("host").unwrap();
         assert_eq!(again.layers, t.layers);
+    }
+
+    #[test]
+    fn concurrent_first_use_builds_once() {
+        // Several creates racing on a template that is not built yet must
+        // all get it (they used to collide on the staging directory).
+        let dir = tempfile::tempdir().unwrap();
+        let store = TemplateStore::new(dir.path());
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| store.clone().get("host").map(|t| t.layers)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert_eq!(r.as_ref().unwrap(), results[0].as_ref().unwrap());
+        }
+        assert!(
+            dir.path()
+                .join("templates/host/root/.hull-complete")
+                .exists()
+        );
+        assert!(!dir.path().join("templates/host/root.tmp").exists());
     }
 
     #[test]

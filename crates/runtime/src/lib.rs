@@ -1002,7 +1002,8 @@ impl Runtime {
         Ok(removed)
     }
 
-    /// Stop background tasks; sandboxes keep running.
+    /// Stop background tasks; sandboxes keep running. When none is left,
+    /// the host-wide setup (template mounts, cgroup parent) is undone too.
     pub async fn shutdown(&self) {
         if let Some(h) = self
             .monitor
@@ -1011,6 +1012,20 @@ impl Runtime {
             .take()
         {
             h.abort();
+        }
+        let idle = self
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if idle {
+            let host = self.host.clone();
+            match tokio::task::spawn_blocking(move || host.release_if_idle()).await {
+                Ok(Ok(true)) => tracing::debug!("no sandbox left: host-wide setup removed"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing the host-wide setup"),
+                Err(e) => tracing::warn!(error = %e, "removing the host-wide setup"),
+            }
         }
     }
 }

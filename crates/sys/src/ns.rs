@@ -49,6 +49,10 @@ pub const SANDBOX_NAMESPACES: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWNET) as u64;
 
+/// Descriptors handed to a child are first moved at or above this number,
+/// so targets (which must be below it) never clobber a source.
+const HIGH_FD: RawFd = 64;
+
 /// What to start.
 pub struct SpawnSpec<'a> {
     pub program: &'a Path,
@@ -59,12 +63,17 @@ pub struct SpawnSpec<'a> {
     /// Start in this cgroup v2 directory (`CLONE_INTO_CGROUP`).
     pub cgroup: Option<BorrowedFd<'a>>,
     /// Descriptors to hand over: `(fd in parent, number in child)`, stdio
-    /// included. Targets must be distinct. Everything else is closed on
-    /// exec; unlisted stdio descriptors stay as inherited.
+    /// included. Targets must be distinct and below 64. Every other
+    /// descriptor above 2 is closed in the child before it waits or execs;
+    /// unlisted stdio descriptors stay as inherited.
     pub fds: &'a [(BorrowedFd<'a>, RawFd)],
     /// Block the child before `execve` until one byte can be read from
     /// this descriptor (the read end of a pipe); the child exits with
-    /// status 125 if the pipe closes first. The parent uses the pause to
+    /// status 125 if the pipe closes first. Before it waits, the child
+    /// closes every descriptor it was not handed, so the pipe's write end
+    /// (and any other half-made sandbox's) lives only in the parent: when
+    /// the parent dies, the child sees EOF and exits instead of lingering
+    /// with copies of the parent's sockets. The parent uses the pause to
     /// write id maps and join cgroups: a process whose uid is unmapped
     /// when it execs loses its capabilities in the new user namespace.
     pub wait_before_exec: Option<BorrowedFd<'a>>,
@@ -110,7 +119,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
     let mut moved: Vec<(OwnedFd, RawFd)> = Vec::with_capacity(spec.fds.len());
     for (fd, target) in spec.fds {
         // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed fd returns a new fd we own.
-        let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+        let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
         if high < 0 {
             return Err(NsError::Sys {
                 what: "duplicating a descriptor for the child",
@@ -121,10 +130,33 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
         moved.push((unsafe { OwnedFd::from_raw_fd(high) }, *target));
     }
     let pairs: Vec<(RawFd, RawFd)> = moved.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    let mut keep: Vec<RawFd> = pairs.iter().map(|&(_, t)| t).collect();
+    keep.sort_unstable();
+    if keep.windows(2).any(|w| w[0] == w[1]) || keep.iter().any(|&t| !(0..HIGH_FD).contains(&t)) {
+        return Err(NsError::Sys {
+            what: "handing descriptors to the child (targets must be distinct, 0..64)",
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    // Where the child keeps the gate's read end: just above the targets.
+    let wait_slot: RawFd = keep.last().map_or(3, |&t| (t + 1).max(3));
+    if spec.wait_before_exec.is_some() {
+        keep.push(wait_slot);
+    }
+    // The ranges of descriptors the child closes: every gap above stdio.
+    let mut close: Vec<(u32, u32)> = Vec::with_capacity(keep.len() + 1);
+    let mut next: RawFd = 3;
+    for &k in keep.iter().filter(|&&k| k >= 3) {
+        if k > next {
+            close.push((next as u32, (k - 1) as u32));
+        }
+        next = k + 1;
+    }
+    close.push((next as u32, u32::MAX));
     let wait_fd: Option<OwnedFd> = match spec.wait_before_exec {
         Some(fd) => {
             // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed fd returns a new fd we own.
-            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
             if high < 0 {
                 return Err(NsError::Sys {
                     what: "duplicating a descriptor for the child",
@@ -170,10 +202,21 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            for &(src, dst) in &pairs {
+                if libc::dup2(src, dst) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            if wait_raw >= 0 && libc::dup2(wait_raw, wait_slot) < 0 {
+                libc::_exit(126);
+            }
+            for &(first, last) in &close {
+                libc::syscall(libc::SYS_close_range, first, last, 0u32);
+            }
             if wait_raw >= 0 {
                 let mut b = 0u8;
                 loop {
-                    let n = libc::read(wait_raw, (&mut b as *mut u8).cast(), 1);
+                    let n = libc::read(wait_slot, (&mut b as *mut u8).cast(), 1);
                     if n == 1 {
                         break;
                     }
@@ -189,10 +232,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
             {
                 libc::_exit(124);
             }
-            for &(src, dst) in &pairs {
-                if libc::dup2(src, dst) < 0 {
-                    libc::_exit(126);
-                }
+            if wait_raw >= 0 {
+                libc::close(wait_slot);
             }
             libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
             libc::_exit(127);
@@ -357,6 +398,110 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    /// Wait up to 10 s for `pid` to exit; its exit code.
+    fn exit_code(pid: i32) -> Option<i32> {
+        for _ in 0..1000 {
+            if let Some(st) = try_wait_pid(pid) {
+                return libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
+    }
+
+    #[test]
+    fn waiting_child_exits_when_the_gate_closes() {
+        // The parent dies (here: drops the gate's write end) before letting
+        // the child exec. The child must see EOF and exit, not wait forever
+        // on its own inherited copy of the write end while holding copies
+        // of the parent's other descriptors.
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let spawned = spawn(&SpawnSpec {
+            program: Path::new("/bin/true"),
+            argv: &[OsStr::new("true")],
+            env: &[],
+            namespaces: 0,
+            cgroup: None,
+            fds: &[],
+            wait_before_exec: Some(r.as_fd()),
+            become_root: false,
+        })
+        .unwrap();
+        drop(r);
+        drop(w);
+        let code = exit_code(spawned.pid);
+        if code.is_none() {
+            let _ = pidfd_kill(spawned.pidfd.as_fd(), libc::SIGKILL);
+            wait_pid(spawned.pid);
+        }
+        assert_eq!(code, Some(125), "the child outlived its gate");
+    }
+
+    #[test]
+    fn child_gets_only_the_descriptors_it_is_handed() {
+        // A descriptor the parent forgot to mark close-on-exec.
+        let stray =
+            nix::fcntl::fcntl(std::io::stderr(), nix::fcntl::FcntlArg::F_DUPFD(20)).unwrap();
+        assert!(stray >= 20);
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let argv = [
+            OsStr::new("sh"),
+            OsStr::new("-c"),
+            OsStr::new("cd /proc/self/fd && echo *"),
+        ];
+        let spawned = spawn(&SpawnSpec {
+            program: Path::new("/bin/sh"),
+            argv: &argv,
+            env: &[],
+            namespaces: 0,
+            cgroup: None,
+            fds: &[(out_w.as_fd(), 1), (out_w.as_fd(), 7)],
+            wait_before_exec: Some(r.as_fd()),
+            become_root: false,
+        })
+        .unwrap();
+        drop((r, out_w));
+        rustix::io::write(&w, b"x").unwrap();
+        let mut out = String::new();
+        use std::io::Read;
+        std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+        assert_eq!(exit_code(spawned.pid), Some(0));
+        let fds: Vec<i32> = out
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert!(fds.contains(&7), "handed descriptor missing: {out}");
+        assert!(
+            !fds.contains(&stray),
+            "stray descriptor {stray} leaked: {out}"
+        );
+        let _ = nix::unistd::close(stray);
+    }
+
+    #[test]
+    fn bad_descriptor_targets_are_refused() {
+        let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        for fds in [
+            &[(r.as_fd(), 5), (r.as_fd(), 5)][..],
+            &[(r.as_fd(), 64)],
+            &[(r.as_fd(), -1)],
+        ] {
+            let res = spawn(&SpawnSpec {
+                program: Path::new("/bin/true"),
+                argv: &[OsStr::new("true")],
+                env: &[],
+                namespaces: 0,
+                cgroup: None,
+                fds,
+                wait_before_exec: None,
+                become_root: false,
+            });
+            assert!(res.is_err(), "{fds:?}");
+        }
+    }
 
     #[test]
     fn start_time_of_self() {
