@@ -225,10 +225,14 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, NsError> {
                     }
                 }
             }
+            // Raw syscalls, not libc's wrappers: glibc's set*id broadcast the
+            // change to every thread it knows of, and in this copy of a
+            // multi-threaded parent it still "knows" the parent's threads,
+            // so the wrapper can wait forever on a futex for them.
             if become_root
-                && (libc::setresgid(0, 0, 0) != 0
-                    || libc::setresuid(0, 0, 0) != 0
-                    || libc::setgroups(0, std::ptr::null()) != 0)
+                && (libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0)
             {
                 libc::_exit(124);
             }
@@ -344,6 +348,29 @@ pub fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
     // SAFETY: poll on one valid pollfd with a zero timeout.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     r > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0
+}
+
+/// Wait up to `timeout` for the process behind `pidfd` to exit; whether it did.
+pub fn pidfd_wait_exit(pidfd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: poll on one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+            return true;
+        }
+        let interrupted = r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        if (!interrupted && r <= 0) || left.is_zero() {
+            return r > 0;
+        }
+    }
 }
 
 /// Reap `pid` if it is our child and has exited (blocking). Ignores errors

@@ -45,6 +45,14 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
+fn check_syscall(ret: libc::c_long) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Install `setup` as `cmd`'s pre-exec hook. The child always starts a new
 /// session (`setsid`), so its pid is also its process group id.
 pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
@@ -77,13 +85,18 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
             }
         }
         if let Some(c) = &setup.credentials {
+            // Raw syscalls: the child has one thread, and glibc's wrappers
+            // would synchronise the change across threads (taking locks) —
+            // not something to do between fork and exec.
             // SAFETY: `groups` lives in this closure (prepared before the fork);
             // pointer and length describe it exactly.
-            check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+            check_syscall(unsafe {
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+            })?;
             // SAFETY: plain integer arguments.
-            check(unsafe { libc::setresgid(c.gid, c.gid, c.gid) })?;
+            check_syscall(unsafe { libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) })?;
             // SAFETY: plain integer arguments.
-            check(unsafe { libc::setresuid(c.uid, c.uid, c.uid) })?;
+            check_syscall(unsafe { libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) })?;
         }
         if let Some(dir) = &setup.cwd {
             // SAFETY: `dir` is a NUL-terminated string prepared before the fork.
@@ -93,7 +106,7 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, ioctl, open, write, close,
-    // setgroups, setresgid, setresuid, chdir) on data owned by the closure;
+    // raw setgroups/setresgid/setresuid, chdir) on data owned by the closure;
     // it does not allocate, lock or touch other threads' state.
     unsafe {
         cmd.pre_exec(hook);
