@@ -64,12 +64,32 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An API error: a kind and a message a person can act on.
+/// An API error: a kind and a message a person can act on, and for some
+/// errors a `reason` a program can act on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Present only where it says more than `kind`: which exec start failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+}
+
+/// What exactly went wrong, for the errors a client handles differently
+/// from others of their kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorReason {
+    /// An exec's program does not exist (a shell exits 127).
+    CommandNotFound,
+    /// An exec's program (or its working directory) exists but cannot be
+    /// used: not executable, a directory, not accessible to the user (a
+    /// shell exits 126).
+    CommandNotExecutable,
+    /// A reason this build does not know (from a newer daemon or guest).
+    #[serde(other)]
+    Unknown,
 }
 
 impl ApiError {
@@ -77,7 +97,12 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            reason: None,
         }
+    }
+    /// The same error with a reason (or none).
+    pub fn with_reason(self, reason: Option<ErrorReason>) -> Self {
+        Self { reason, ..self }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
@@ -220,8 +245,11 @@ pub struct CreateSandbox {
 pub struct SandboxEvent {
     /// Seconds since the Unix epoch.
     pub time: u64,
-    /// `created`, `oom`, `paused`, `resumed`, `ttl_expired`, `idle_expired`,
-    /// `guest_lost`, `adopted`, `destroyed`, `failed`.
+    /// `created`, `paused`, `resumed`, `stopped`, `oom` (the OOM killer
+    /// ended processes), `guest_lost` (its init or agent is gone: the
+    /// sandbox failed), `adopted` (re-adopted by a restarted daemon).
+    /// Destruction, by request or by TTL or idle expiry, removes the
+    /// sandbox with its events, so it records none.
     pub kind: String,
     pub message: String,
 }
@@ -268,7 +296,7 @@ pub struct SandboxList {
     pub sandboxes: Vec<Sandbox>,
 }
 
-/// `POST /v1/sandboxes/{id}/ttl`.
+/// `PUT /v1/sandboxes/{id}/ttl`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetTtl {
@@ -294,7 +322,8 @@ pub struct ExecRequest {
     /// Kill the command after this many seconds (fractions allowed).
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
-    /// Run on a pseudo-terminal (streaming variants only).
+    /// Run on a pseudo-terminal: streaming and background execs only (a
+    /// buffered exec refuses it).
     #[serde(default)]
     pub tty: bool,
     #[serde(default)]
@@ -544,6 +573,27 @@ pub fn validate_dns_label(what: &str, s: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_reasons_are_optional_and_open() {
+        // Without a reason the body is what it always was.
+        let e = ApiError::not_found("no sandbox");
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(text, r#"{"kind":"not_found","message":"no sandbox"}"#);
+        assert_eq!(serde_json::from_str::<ApiError>(&text).unwrap(), e);
+        let e = e.with_reason(Some(ErrorReason::CommandNotExecutable));
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(
+            text.ends_with(r#","reason":"command_not_executable"}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<ApiError>(&text).unwrap(), e);
+        // A reason from a newer daemon still parses.
+        let newer: ApiError =
+            serde_json::from_str(r#"{"kind":"internal","message":"m","reason":"new_one"}"#)
+                .unwrap();
+        assert_eq!(newer.reason, Some(ErrorReason::Unknown));
+    }
 
     #[test]
     fn dns_labels() {

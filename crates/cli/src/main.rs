@@ -797,22 +797,30 @@ async fn exec(
 ) -> anyhow::Result<Outcome> {
     match exec_inner(client, id, req, ex).await {
         Err(e) => match e.downcast_ref::<ClientError>() {
-            Some(ClientError::Api(a))
-                if a.kind == ErrorKind::NotFound && a.message.ends_with("command not found") =>
-            {
-                eprintln!("hull: {}", a.message);
-                Ok(Outcome::Code(127))
-            }
-            Some(ClientError::Api(a))
-                if a.kind == ErrorKind::PermissionDenied
-                    && a.message.ends_with("permission denied") =>
-            {
-                eprintln!("hull: {}", a.message);
-                Ok(Outcome::Code(126))
-            }
+            Some(ClientError::Api(a)) => match start_failure_code(a) {
+                Some(code) => {
+                    eprintln!("hull: {}", a.message);
+                    Ok(Outcome::Code(code))
+                }
+                None => Err(e),
+            },
             _ => Err(e),
         },
         ok => ok,
+    }
+}
+
+/// The shell's exit code for a program that could not be started: 127 when
+/// it does not exist, 126 when it cannot be executed. Read from the error's
+/// `reason`; a daemon or guest too old to send one still says "command not
+/// found" in its message.
+fn start_failure_code(e: &ApiError) -> Option<i32> {
+    match e.reason {
+        Some(ErrorReason::CommandNotFound) => Some(127),
+        Some(ErrorReason::CommandNotExecutable) => Some(126),
+        Some(ErrorReason::Unknown) => None,
+        None => (e.kind == ErrorKind::NotFound && e.message.ends_with("command not found"))
+            .then_some(127),
     }
 }
 
@@ -980,28 +988,28 @@ async fn exec_ws(
                 }
             }
         });
-    } else {
-        // Ctrl-C goes to the command, as with a local one.
-        let in_tx = in_tx.clone();
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                if in_tx
-                    .send(ExecClientMessage::Signal { signal: 2 })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
     }
     drop(in_tx);
+    // As without -i/-t: the first SIGINT, SIGTERM or SIGHUP goes to the
+    // command (which then exits as it chooses); a second one stops waiting
+    // for it. (With -t, Ctrl-C is a byte for the remote terminal and raises
+    // no signal here.)
+    let mut signals = Terminations::listen()?;
+    let mut forwarded = false;
     loop {
         tokio::select! {
             m = in_rx.recv() => {
                 if let Some(m) = m {
                     tx.send(Message::Text(serde_json::to_string(&m)?.into())).await?;
                 }
+            }
+            sig = signals.next() => {
+                if forwarded {
+                    return Ok(Outcome::Code(128 + sig));
+                }
+                forwarded = true;
+                let m = ExecClientMessage::Signal { signal: sig };
+                tx.send(Message::Text(serde_json::to_string(&m)?.into())).await?;
             }
             msg = rx.next() => {
                 match msg {
@@ -1058,6 +1066,50 @@ mod tests {
             &["frobnicate"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn start_failures_exit_as_in_shells() {
+        let not_found = ApiError::not_found("x: command not found");
+        let cases = [
+            (
+                not_found
+                    .clone()
+                    .with_reason(Some(ErrorReason::CommandNotFound)),
+                Some(127),
+            ),
+            (
+                ApiError::new(
+                    ErrorKind::PermissionDenied,
+                    "/etc/passwd: permission denied",
+                )
+                .with_reason(Some(ErrorReason::CommandNotExecutable)),
+                Some(126),
+            ),
+            (
+                ApiError::invalid("/etc/passwd/x: cannot execute: Not a directory")
+                    .with_reason(Some(ErrorReason::CommandNotExecutable)),
+                Some(126),
+            ),
+            // An older daemon or guest: no reason, the old message.
+            (not_found, Some(127)),
+            // Not a start failure.
+            (
+                ApiError::not_found("no sandbox with id or name \"x\""),
+                None,
+            ),
+            (
+                ApiError::new(ErrorKind::PermissionDenied, "permission denied"),
+                None,
+            ),
+            (
+                ApiError::internal("m").with_reason(Some(ErrorReason::Unknown)),
+                None,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(start_failure_code(&e), code, "{e:?}");
         }
     }
 

@@ -173,6 +173,22 @@ fn run_starts_the_daemon_and_propagates_exit_codes() {
     assert_eq!(code(&o), 137);
     let o = env.run(&["run", "--template", "busybox", "--", "no-such-program"]);
     assert_eq!(code(&o), 127, "{}", String::from_utf8_lossy(&o.stderr));
+    // As in shells: 127 for a missing program, 126 for one that exists but
+    // cannot be executed (not executable, a directory).
+    for (program, expect) in [("/nonexistent", 127), ("/etc/passwd", 126), ("/etc", 126)] {
+        let o = env.run(&["run", "--template", "busybox", "--", program]);
+        assert_eq!(
+            code(&o),
+            expect,
+            "{program}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(program),
+            "the message names {program}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     // hull's own failures: 125 with a clear message.
     let o = env.run(&["run", "--template", "nope", "--", "true"]);
     assert_eq!(code(&o), 125);
@@ -532,6 +548,30 @@ fn signals_destroy_run_sandboxes_and_reach_exec_commands() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // exec -i (stdin forwarded, no terminal) forwards SIGTERM and SIGHUP
+    // as plain exec does, instead of dying of them.
+    for (sig, name) in [(Signal::SIGTERM, "TERM"), (Signal::SIGHUP, "HUP")] {
+        let script =
+            format!("trap 'echo trapped; exit 3' {name}; echo ready; while :; do sleep 0.1; done");
+        let child = env
+            .cmd(&["exec", "-i", &id, "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        env.wait_for(10, "the command to start", || {
+            env.ok(&["ps", &id]).contains("running")
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        signal(child.id(), sig);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            (code(&o), String::from_utf8_lossy(&o.stdout).as_ref()),
+            (3, "ready\ntrapped\n"),
+            "exec -i, {sig}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     env.ok(&["rm", &id]);
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use hull_guest::agent::{AgentConfig, serve};
 use hull_proto::client::{ClientError, ExecHandle, ExecOutput, ExecOutputHalf, GuestClient};
 use hull_proto::{
-    CHUNK, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, Op, PROTOCOL_VERSION, PtySize,
-    Request, Response, read_frame_sync, write_frame_sync,
+    CHUNK, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, GuestErrorReason, Op,
+    PROTOCOL_VERSION, PtySize, Request, Response, read_frame_sync, write_frame_sync,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -728,6 +728,7 @@ async fn missing_programs_are_clear_errors() {
     );
     assert_eq!(e.kind, GuestErrorKind::NotFound);
     assert_eq!(e.message, "python4: command not found");
+    assert_eq!(e.reason, Some(GuestErrorReason::CommandNotFound));
     let e = guest_error(
         a.client
             .exec(ExecSpec {
@@ -739,6 +740,7 @@ async fn missing_programs_are_clear_errors() {
     );
     assert_eq!(e.kind, GuestErrorKind::NotFound);
     assert!(e.message.contains("/no/such/program"), "{e:?}");
+    assert_eq!(e.reason, Some(GuestErrorReason::CommandNotFound));
     for argv in [vec![], vec![String::new()], vec!["a\0b".to_string()]] {
         let e = guest_error(
             a.client
@@ -751,17 +753,42 @@ async fn missing_programs_are_clear_errors() {
         );
         assert_eq!(e.kind, GuestErrorKind::InvalidArgument);
     }
-    // A file that is not executable.
+    // A file that is not executable, a directory, a file in the way of a
+    // path: all "cannot execute". (A file of no known format is not one:
+    // `execvp` hands it to `/bin/sh`, as shells do.)
+    for (program, kind) in [
+        ("/etc/passwd", GuestErrorKind::PermissionDenied),
+        ("/etc", GuestErrorKind::PermissionDenied),
+        ("/etc/passwd/x", GuestErrorKind::InvalidArgument),
+    ] {
+        let e = guest_error(
+            a.client
+                .exec(ExecSpec {
+                    argv: vec![program.into()],
+                    ..Default::default()
+                })
+                .await
+                .map(|h| h.id),
+        );
+        assert_eq!(e.kind, kind, "{program}: {e:?}");
+        assert_eq!(
+            e.reason,
+            Some(GuestErrorReason::CommandNotExecutable),
+            "{program}: {e:?}"
+        );
+        assert!(e.message.starts_with(program), "{e:?}");
+    }
+    // Errors that are not about the program carry no reason.
     let e = guest_error(
         a.client
             .exec(ExecSpec {
-                argv: vec!["/etc/passwd".into()],
+                argv: vec![],
                 ..Default::default()
             })
             .await
             .map(|h| h.id),
     );
-    assert_eq!(e.kind, GuestErrorKind::PermissionDenied, "{e:?}");
+    assert_eq!(e.reason, None, "{e:?}");
 }
 
 /// Send raw bytes as a request and return the agent's answer, if any.

@@ -771,9 +771,14 @@ mod tests {
         });
         let client = GuestClient::connect(&g.0).await.unwrap();
         match client.stat("/missing").await {
-            Err(ClientError::Guest(GuestError { kind, message })) => {
+            Err(ClientError::Guest(GuestError {
+                kind,
+                message,
+                reason,
+            })) => {
                 assert_eq!(kind, GuestErrorKind::NotFound);
                 assert_eq!(message, "/missing: no such file");
+                assert_eq!(reason, None);
             }
             other => panic!("{other:?}"),
         }

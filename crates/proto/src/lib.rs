@@ -331,6 +331,45 @@ mod tests {
     }
 
     #[test]
+    fn error_reasons_are_optional_both_ways() {
+        // From an older guest: no reason.
+        let old = br#"{"type":"error","kind":"not_found","message":"x: command not found"}"#;
+        let r: Response = Frame::Control(old.to_vec()).parse().unwrap();
+        assert_eq!(
+            r,
+            Response::Error(GuestError::new(
+                GuestErrorKind::NotFound,
+                "x: command not found"
+            ))
+        );
+        // No reason is not sent, so older hosts see what they always saw.
+        let sent = serde_json::to_string(&r).unwrap();
+        assert!(!sent.contains("reason"), "{sent}");
+        let with = Response::Error(
+            GuestError::new(GuestErrorKind::PermissionDenied, "denied")
+                .with_reason(GuestErrorReason::CommandNotExecutable),
+        );
+        let sent = serde_json::to_string(&with).unwrap();
+        assert!(
+            sent.contains(r#""reason":"command_not_executable""#),
+            "{sent}"
+        );
+        assert_eq!(
+            Frame::Control(sent.into_bytes())
+                .parse::<Response>()
+                .unwrap(),
+            with
+        );
+        // From a newer guest: a reason this build does not know.
+        let newer =
+            br#"{"type":"error","kind":"internal","message":"m","reason":"from_the_future"}"#;
+        match Frame::Control(newer.to_vec()).parse::<Response>().unwrap() {
+            Response::Error(e) => assert_eq!(e.reason, Some(GuestErrorReason::Unknown)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_ignored() {
         let json = br#"{"v":1,"op":{"type":"stat","path":"/x","future_field":true},"extra":1}"#;
         let r: Request = Frame::Control(json.to_vec()).parse().unwrap();

@@ -268,12 +268,16 @@ pub struct FileStat {
     pub link_target: Option<String>,
 }
 
-/// An error reported by the guest. `kind` uses the API's error vocabulary.
+/// An error reported by the guest. `kind` uses the API's error vocabulary;
+/// `reason`, when present, says more in a form the host can act on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
 #[error("{kind:?}: {message}")]
 pub struct GuestError {
     pub kind: GuestErrorKind,
     pub message: String,
+    /// Added within version 1: absent from older guests, ignored by older hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<GuestErrorReason>,
 }
 
 impl GuestError {
@@ -281,8 +285,32 @@ impl GuestError {
         Self {
             kind,
             message: message.into(),
+            reason: None,
         }
     }
+
+    /// The same error with a machine-readable reason.
+    pub fn with_reason(self, reason: GuestErrorReason) -> Self {
+        Self {
+            reason: Some(reason),
+            ..self
+        }
+    }
+}
+
+/// Why an `exec` could not start its program, told apart so that a client
+/// can exit as shells do (127 and 126).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestErrorReason {
+    /// No such program: not in `PATH`, or `ENOENT` from `execve`.
+    CommandNotFound,
+    /// The program (or the working directory) exists but cannot be used:
+    /// any other `execve` failure (`EACCES`, `ENOEXEC`, `EISDIR`, ...).
+    CommandNotExecutable,
+    /// A reason this build does not know (from a newer guest).
+    #[serde(other)]
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -5,13 +5,23 @@
 //! group); the daemon adds a grace period on top in case the guest itself
 //! stops answering. A process killed by SIGKILL while the sandbox's OOM
 //! counter rose is reported as `oom_killed`.
+//!
+//! A sandbox counts as active for as long as one of its execs (buffered,
+//! streaming or attached) runs, so neither its idle timeout nor a
+//! session's TTL ends a command midway. A stream whose client goes away
+//! (its events are no longer received) closes its guest connection at
+//! once, even when the command prints nothing, and the guest then kills a
+//! foreground command.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use base64::Engine;
-use hull_api::{ApiError, ExecClientMessage, ExecEvent, ExecRequest, ExecResult, ProcessStarted};
-use hull_proto::ExecSpec;
+use hull_api::{
+    ApiError, ErrorReason, ExecClientMessage, ExecEvent, ExecRequest, ExecResult, ProcessStarted,
+};
 use hull_proto::client::{ExecHandle, ExecOutput};
+use hull_proto::{ExecSpec, GuestErrorReason};
 use tokio::sync::mpsc;
 
 use crate::{Entry, ExecStream, Runtime, guest_error};
@@ -22,6 +32,55 @@ pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
 pub const MAX_ARGV_BYTES: usize = 1024 * 1024;
 /// Extra time the daemon waits past a command's timeout for the guest to report.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+/// How often a running exec marks its sandbox active. Idle timeouts and
+/// TTLs count whole seconds; a mark this recent keeps a 2-second idle
+/// timeout from firing while a command runs.
+const ACTIVITY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The API's form of a guest's error reason.
+pub(crate) fn reason(r: GuestErrorReason) -> ErrorReason {
+    match r {
+        GuestErrorReason::CommandNotFound => ErrorReason::CommandNotFound,
+        GuestErrorReason::CommandNotExecutable => ErrorReason::CommandNotExecutable,
+        GuestErrorReason::Unknown => ErrorReason::Unknown,
+    }
+}
+
+/// Mark `e` active every [`ACTIVITY_INTERVAL`]. Never returns: run it
+/// beside the work it covers (`select!`), which then ends it.
+async fn keep_active(e: &Entry) -> Infallible {
+    let mut tick = tokio::time::interval(ACTIVITY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        e.touch();
+    }
+}
+
+/// The output of a buffered exec within [`EXEC_OUTPUT_LIMIT`]: the exact
+/// prefix of what the command printed (stdout and stderr together, in the
+/// order it arrived), nothing after the first byte over the budget.
+#[derive(Default)]
+struct Buffered {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    truncated: bool,
+}
+
+impl Buffered {
+    fn push(&mut self, stderr: bool, data: &[u8]) {
+        let room = EXEC_OUTPUT_LIMIT.saturating_sub(self.out.len() + self.err.len());
+        if data.len() > room {
+            self.truncated = true;
+        }
+        let keep = &data[..data.len().min(room)];
+        if stderr {
+            self.err.extend_from_slice(keep);
+        } else {
+            self.out.extend_from_slice(keep);
+        }
+    }
+}
 
 fn validate(req: &ExecRequest) -> Result<(), ApiError> {
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
@@ -129,6 +188,12 @@ impl Runtime {
     /// Run a command to completion, buffering at most [`EXEC_OUTPUT_LIMIT`] bytes.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
         validate(&req)?;
+        if req.tty {
+            return Err(ApiError::invalid(
+                "tty applies to streaming execs (exec/stream, exec/ws) and background processes; \
+                 a buffered exec has no terminal: drop `tty` or stream the command",
+            ));
+        }
         let (e, c) = self.running_client(id, "exec in")?;
         let sid = e.id();
         let oom_before = self.host.oom_kills(&sid);
@@ -150,21 +215,23 @@ impl Runtime {
             .timeout_seconds
             .map(|t| Duration::from_secs_f64(t) + TIMEOUT_GRACE);
         let collect = async {
-            let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
-            loop {
-                match h.next().await? {
-                    ExecOutput::Stdout { data, .. } | ExecOutput::Stderr { data, .. }
-                        if out.len() + err.len() + data.len() > EXEC_OUTPUT_LIMIT =>
-                    {
-                        truncated = true;
-                    }
-                    ExecOutput::Stdout { data, .. } => out.extend_from_slice(&data),
-                    ExecOutput::Stderr { data, .. } => err.extend_from_slice(&data),
-                    ExecOutput::Exited(st) => {
-                        return Ok::<_, hull_proto::client::ClientError>((out, err, truncated, st));
+            let mut buf = Buffered::default();
+            let run = async {
+                loop {
+                    match h.next().await? {
+                        ExecOutput::Stdout { data, .. } => buf.push(false, &data),
+                        ExecOutput::Stderr { data, .. } => buf.push(true, &data),
+                        ExecOutput::Exited(st) => {
+                            return Ok::<_, hull_proto::client::ClientError>(st);
+                        }
                     }
                 }
-            }
+            };
+            let st = tokio::select! {
+                r = run => r?,
+                never = keep_active(&e) => match never {},
+            };
+            Ok((buf.out, buf.err, buf.truncated, st))
         };
         let (out, err, truncated, status) = match deadline {
             Some(d) => tokio::time::timeout(d, collect).await.map_err(|_| {
@@ -244,8 +311,9 @@ impl Runtime {
             id: output.id.clone(),
             pid: output.pid,
         });
-        // Input: client messages to the guest. Ends with the client or the process.
-        tokio::spawn(async move {
+        // Input: client messages to the guest. Ends with the client or the
+        // process, or is ended by the output task below.
+        let input_task = tokio::spawn(async move {
             while let Some(msg) = in_rx.recv().await {
                 let r = match msg {
                     ExecClientMessage::Stdin { data, data_b64 } => {
@@ -284,38 +352,78 @@ impl Runtime {
                 ..Default::default()
             }
         };
+        // Output: guest output to the client, for as long as both are there;
+        // meanwhile the sandbox counts as active.
+        let active = e;
         tokio::spawn(async move {
-            loop {
-                let ev = match output.next().await {
-                    Ok(ExecOutput::Stdout { ts_micros, data }) => {
-                        text_event(true, ts_micros, &data)
+            let relay = async {
+                loop {
+                    let next = tokio::select! {
+                        r = output.next() => r,
+                        // The client went away, maybe while the command
+                        // prints nothing: stop waiting for output.
+                        () = ev_tx.closed() => return,
+                    };
+                    let ev = match next {
+                        Ok(ExecOutput::Stdout { ts_micros, data }) => {
+                            text_event(true, ts_micros, &data)
+                        }
+                        Ok(ExecOutput::Stderr { ts_micros, data }) => {
+                            text_event(false, ts_micros, &data)
+                        }
+                        Ok(ExecOutput::Exited(st)) => {
+                            let _ = ev_tx.send(ExecEvent::Exit(runtime_oom(st))).await;
+                            return;
+                        }
+                        Err(err) => {
+                            let _ = ev_tx
+                                .send(ExecEvent::Error {
+                                    error: guest_error(&sid, err),
+                                })
+                                .await;
+                            return;
+                        }
+                    };
+                    if ev_tx.send(ev).await.is_err() {
+                        return;
                     }
-                    Ok(ExecOutput::Stderr { ts_micros, data }) => {
-                        text_event(false, ts_micros, &data)
-                    }
-                    Ok(ExecOutput::Exited(st)) => {
-                        let _ = ev_tx.send(ExecEvent::Exit(runtime_oom(st))).await;
-                        break;
-                    }
-                    Err(err) => {
-                        let _ = ev_tx
-                            .send(ExecEvent::Error {
-                                error: guest_error(&sid, err),
-                            })
-                            .await;
-                        break;
-                    }
-                };
-                if ev_tx.send(ev).await.is_err() {
-                    // The client went away: dropping `output` closes the
-                    // connection, and the guest kills a foreground process.
-                    break;
                 }
+            };
+            tokio::select! {
+                () = relay => {}
+                never = keep_active(&active) => match never {},
             }
+            // Both halves of the guest connection go: the guest sees it
+            // close and kills a foreground process still running.
+            drop(output);
+            input_task.abort();
         });
         ExecStream {
             events: ev_rx,
             input: in_tx,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_keeps_an_exact_prefix() {
+        let mut b = Buffered::default();
+        b.push(false, &vec![b'o'; EXEC_OUTPUT_LIMIT - 20]);
+        b.push(true, b"0123456789");
+        assert!(!b.truncated);
+        // Crosses the budget: the part that fits is kept.
+        b.push(false, b"abcdefghijklmnop");
+        assert!(b.truncated);
+        assert_eq!(b.out.len() + b.err.len(), EXEC_OUTPUT_LIMIT);
+        assert!(b.out.ends_with(b"oabcdefghij"));
+        // Nothing after it, however small.
+        b.push(true, b"x");
+        b.push(false, b"");
+        assert_eq!(b.err, b"0123456789");
+        assert_eq!(b.out.len() + b.err.len(), EXEC_OUTPUT_LIMIT);
     }
 }

@@ -124,6 +124,21 @@ impl Entry {
     fn set_client(&self, c: Option<Arc<GuestClient>>) {
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
+    /// Record activity now: the idle timeout restarts, and a `session`
+    /// sandbox's TTL is pushed back to a full TTL. Also used by tasks that
+    /// hold the entry but not the runtime (a running exec marks its sandbox
+    /// active).
+    fn touch(&self) {
+        let mut r = self.record();
+        let t = now();
+        r.last_activity = t;
+        if r.sandbox.profile == Profile::Session
+            && let (Some(ttl), Some(exp)) = (r.ttl_seconds, r.sandbox.expires_at)
+            && t + ttl > exp
+        {
+            r.sandbox.expires_at = Some(t + ttl);
+        }
+    }
 }
 
 /// The lifecycle controller. Cheap to share: wrap in an `Arc`.
@@ -170,7 +185,11 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 pub(crate) fn guest_error(id: &str, e: ClientError) -> ApiError {
     match e {
-        ClientError::Guest(GuestError { kind, message }) => {
+        ClientError::Guest(GuestError {
+            kind,
+            message,
+            reason,
+        }) => {
             let kind = match kind {
                 GuestErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
                 GuestErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
@@ -180,7 +199,7 @@ pub(crate) fn guest_error(id: &str, e: ClientError) -> ApiError {
                 GuestErrorKind::Unavailable => ErrorKind::Unavailable,
                 GuestErrorKind::Internal => ErrorKind::Internal,
             };
-            ApiError::new(kind, message)
+            ApiError::new(kind, message).with_reason(reason.map(exec::reason))
         }
         other => ApiError::unavailable(format!(
             "the guest agent of sandbox {id} did not answer: {}",
@@ -439,15 +458,7 @@ impl Runtime {
 
     /// Record activity: sessions extend their TTL; idle timers restart.
     fn touch(&self, e: &Entry) {
-        let mut r = e.record();
-        let t = now();
-        r.last_activity = t;
-        if r.sandbox.profile == Profile::Session
-            && let (Some(ttl), Some(exp)) = (r.ttl_seconds, r.sandbox.expires_at)
-            && t + ttl > exp
-        {
-            r.sandbox.expires_at = Some(t + ttl);
-        }
+        e.touch();
     }
 
     /// A running sandbox's guest client, or a conflict error naming its state.

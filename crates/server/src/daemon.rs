@@ -13,8 +13,9 @@
 //!
 //! Limits: the token file is written whether or not TCP is enabled (so it
 //! never appears later with a different owner or mode); an exec stream
-//! still open after the grace period is cut (its process keeps running in
-//! its sandbox).
+//! still open after the grace period is cut, and its command with it (the
+//! guest agent kills a foreground command when its connection closes;
+//! background processes keep running).
 
 use std::future::Future;
 use std::io::{Read, Write};

@@ -145,38 +145,46 @@ async fn ws_error(mut socket: WebSocket, e: ApiError) {
     let _ = socket.send(normal_close()).await;
 }
 
+/// Relay a stream over a WebSocket until the process ends or the client
+/// goes away. A client that closes (or drops) the socket ends the relay at
+/// once, even while the command prints nothing: dropping the stream's
+/// events tells the runtime to close the guest connection, and the guest
+/// kills the command.
 async fn pump_ws(socket: WebSocket, stream: ExecStream) {
     let ExecStream { mut events, input } = stream;
     let (mut tx, mut rx) = socket.split();
-    let reader = tokio::spawn(async move {
+    // Ends only when the client has gone (closed, dropped, broken).
+    let mut reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = rx.next().await {
-            match msg {
+            let m = match msg {
                 Message::Text(t) => match serde_json::from_str::<ExecClientMessage>(t.as_str()) {
-                    Ok(m) => {
-                        if input.send(m).await.is_err() {
-                            return;
-                        }
-                    }
+                    Ok(m) => m,
                     Err(e) => {
-                        tracing::debug!(error = %e, "ignoring an invalid exec client message")
+                        tracing::debug!(error = %e, "ignoring an invalid exec client message");
+                        continue;
                     }
                 },
                 Message::Binary(b) => {
                     use base64::Engine;
-                    let m = ExecClientMessage::Stdin {
+                    ExecClientMessage::Stdin {
                         data: None,
                         data_b64: Some(base64::engine::general_purpose::STANDARD.encode(&b)),
-                    };
-                    if input.send(m).await.is_err() {
-                        return;
                     }
                 }
                 Message::Close(_) => return,
-                _ => {}
-            }
+                _ => continue,
+            };
+            // A process that no longer takes input still has output to
+            // deliver: keep reading, to notice the client leaving.
+            let _ = input.send(m).await;
         }
     });
-    while let Some(ev) = events.recv().await {
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = &mut reader => break,
+        };
+        let Some(ev) = ev else { break };
         let last = matches!(ev, ExecEvent::Exit(_) | ExecEvent::Error { .. });
         if tx
             .send(Message::Text(
@@ -191,6 +199,9 @@ async fn pump_ws(socket: WebSocket, stream: ExecStream) {
             break;
         }
     }
+    // Let go of the stream before the close handshake, which a vanished
+    // client may leave hanging.
+    drop(events);
     let _ = tx.send(normal_close()).await;
     reader.abort();
 }

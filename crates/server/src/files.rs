@@ -3,7 +3,9 @@
 //! the guest resolves them as if chrooted (`..` and symlinks cannot leave),
 //! and the runtime refuses relative ones. Limits: uploads and archives at
 //! most the daemon's `max_upload_bytes`, refused from `Content-Length`
-//! first, then enforced while streaming; listing depth 1..=32.
+//! first, then enforced while streaming; listing depth 1..=32. Downloads
+//! carry no `Content-Length` (the guest reads to the end of the file, which
+//! need not be the size it had at open: `/proc` files, growing logs).
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -17,7 +19,9 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::error::{ApiResult, Json};
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+/// Every query parameter a file route may take; each route documents (and
+/// accepts) only its own, see [`query`].
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PathQuery {
     /// Absolute path inside the sandbox.
@@ -95,8 +99,8 @@ fn check_length(headers: &HeaderMap, max: u64) -> ApiResult<()> {
     Ok(())
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), PathQuery),
-    responses((status = 200, description = "file content; FileInfo JSON in the x-hull-file-info header", content_type = "application/octet-stream"),
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox.")),
+    responses((status = 200, description = "file content (chunked: no Content-Length); FileInfo JSON at open in the x-hull-file-info header", content_type = "application/octet-stream"),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn read_file(
     State(s): State<AppState>,
@@ -114,13 +118,14 @@ pub(crate) async fn read_file(
     if let Ok(v) = HeaderValue::from_str(&serde_json::to_string(&info).unwrap_or_default()) {
         h.insert("x-hull-file-info", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&info.size.to_string()) {
-        h.insert(header::CONTENT_LENGTH, v);
-    }
+    // No Content-Length: the size at open is no promise about the bytes
+    // that follow (a `/proc` file has size 0, a log may grow), so the body
+    // is chunked and ends where the file ends.
     Ok(resp)
 }
 
-#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), PathQuery),
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox."),
+        ("mode" = Option<String>, Query, description = "Permission bits in octal, e.g. `0644` (the default).")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = FileInfo), (status = 400, body = ErrorBody)))]
 pub(crate) async fn write_file(
@@ -139,7 +144,8 @@ pub(crate) async fn write_file(
     ))
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), PathQuery),
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox."),
+        ("recursive" = Option<bool>, Query, description = "Remove directories with their content.")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn remove_file(
     State(s): State<AppState>,
@@ -152,7 +158,7 @@ pub(crate) async fn remove_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", params(("id" = String, Path), PathQuery),
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox.")),
     responses((status = 200, body = FileInfo), (status = 404, body = ErrorBody)))]
 pub(crate) async fn stat(
     State(s): State<AppState>,
@@ -163,7 +169,8 @@ pub(crate) async fn stat(
     Ok(axum::Json(s.rt.stat(&id, &q.path).await?))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", params(("id" = String, Path), PathQuery),
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox."),
+        ("depth" = Option<u32>, Query, minimum = 1, maximum = 32, description = "Listing depth, 1 (the default: the directory's entries) to 32.")),
     responses((status = 200, body = FileList), (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_dir(
     State(s): State<AppState>,
@@ -200,7 +207,7 @@ pub(crate) async fn rename(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/archive", params(("id" = String, Path), PathQuery),
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/archive", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox.")),
     responses((status = 200, description = "a tar stream of the file or directory", content_type = "application/x-tar")))]
 pub(crate) async fn archive_get(
     State(s): State<AppState>,
@@ -213,7 +220,7 @@ pub(crate) async fn archive_get(
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
 }
 
-#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/archive", params(("id" = String, Path), PathQuery),
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/archive", params(("id" = String, Path), ("path" = String, Query, description = "Absolute path inside the sandbox.")),
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 204), (status = 400, body = ErrorBody)))]
 pub(crate) async fn archive_put(

@@ -1,7 +1,7 @@
 //! Sandbox resources and the daemon's own: health, version, host info,
 //! create/list/get/destroy, pause/resume/stop, TTL, system reset. Each
-//! handler is one runtime call. Limits: label filters as the runtime bounds
-//! labels (`MAX_LABELS`, `MAX_LABEL_LEN`).
+//! handler is one runtime call. Limits: at most [`MAX_LABEL_FILTERS`] label
+//! filters in a list query (as many as a sandbox can carry labels).
 
 use std::collections::BTreeMap;
 
@@ -45,11 +45,17 @@ pub(crate) async fn create(
     Ok(json(StatusCode::CREATED, s.rt.create(req).await?))
 }
 
+/// Label filters one list query may give: no sandbox carries more labels,
+/// so more filters could never match.
+pub(crate) const MAX_LABEL_FILTERS: usize = hull_runtime::MAX_LABELS;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[allow(dead_code)] // read by hand in `list`; here for the OpenAPI document
 pub(crate) struct ListQuery {
-    /// `key=value`; repeat to require several labels.
+    /// `key=value`; repeat to require several labels (at most 64).
     #[serde(default)]
+    #[param(required = false)]
     label: Vec<String>,
 }
 
@@ -70,6 +76,12 @@ pub(crate) async fn list(
                 if labels.insert(lk.to_string(), lv.to_string()).is_some() {
                     return Err(ApiError::invalid(format!(
                         "label filter {lk:?} is given twice: a sandbox has one value per label"
+                    ))
+                    .into());
+                }
+                if labels.len() > MAX_LABEL_FILTERS {
+                    return Err(ApiError::invalid(format!(
+                        "at most {MAX_LABEL_FILTERS} label filters (no sandbox carries more labels)"
                     ))
                     .into());
                 }

@@ -873,3 +873,189 @@ async fn websocket_errors_background_processes_and_attach() {
     f.rt.destroy(&sb.id).await.unwrap();
     f.finish().await;
 }
+
+/// Whether process `pid` of sandbox `sb` still runs (per `/processes`).
+async fn process_running(app: &axum::Router, sb: &str, pid: &str) -> bool {
+    let (s, b) = call(
+        app,
+        "GET",
+        &format!("/v1/sandboxes/{sb}/processes"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let list: hull_api::ProcessList = serde_json::from_slice(&b).unwrap();
+    list.processes.iter().any(|p| p.id == pid && p.running)
+}
+
+/// Wait up to 10 s for a process to stop running.
+async fn assert_ends(app: &axum::Router, sb: &str, pid: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while process_running(app, sb, pid).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the command still runs after its client went away"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Over a real HTTP connection: files whose size is unknown at open
+/// (`/proc`) are read whole; a streaming exec whose client disconnects
+/// ends its command even when it prints nothing; buffered exec refuses
+/// `tty`; label filters are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsized_files_disconnects_and_request_bounds() {
+    if !privileged("unsized_files_disconnects_and_request_bounds") {
+        return;
+    }
+    use tokio_tungstenite::tungstenite::Message;
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app.clone()).into_future());
+    let sb =
+        f.rt.create(hull_api::CreateSandbox {
+            template: Some("busybox".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let get = |uri: String| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        common::send(tcp, "GET", &uri, &[], Vec::new()).await
+    };
+
+    // /proc files report size 0 yet have content; a regular file still works.
+    let furi = format!("/v1/sandboxes/{}/files", sb.id);
+    for (path, needle) in [
+        ("/proc/self/status", "Name:"),
+        ("/proc/cpuinfo", "processor"),
+    ] {
+        let (s, b) = get(format!("{furi}?path={path}")).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        let text = String::from_utf8_lossy(&b);
+        assert!(
+            text.contains(needle) && text.ends_with('\n'),
+            "{path}: {text:?}"
+        );
+    }
+    let (s, _) = call(
+        &app,
+        "PUT",
+        &format!("{furi}?path=/work/r.txt"),
+        "regular\n",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = get(format!("{furi}?path=/work/r.txt")).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::OK, b"regular\n".as_slice()));
+
+    // A silent command on a WebSocket whose client goes away.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sandboxes/{}/exec/ws", sb.id))
+            .await
+            .unwrap();
+    ws.send(Message::Text(r#"{"cmd":["sleep","1000"]}"#.into()))
+        .await
+        .unwrap();
+    let pid = match ws.next().await {
+        Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()).unwrap() {
+            ExecEvent::Started { id, .. } => id,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert!(process_running(&app, &sb.id, &pid).await);
+    drop(ws);
+    assert_ends(&app, &sb.id, &pid, "WebSocket").await;
+
+    // The same on an NDJSON stream.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/sandboxes/{}/exec/stream", sb.id))
+        .header("host", "hull")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"cmd":["sleep","1000"]}"#,
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut line = Vec::new();
+    while !line.contains(&b'\n') {
+        use http_body_util::BodyExt;
+        let frame = body.frame().await.unwrap().unwrap();
+        line.extend_from_slice(frame.data_ref().unwrap());
+    }
+    let pid = match serde_json::from_slice(&line[..line.iter().position(|b| *b == b'\n').unwrap()])
+        .unwrap()
+    {
+        ExecEvent::Started { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    assert!(process_running(&app, &sb.id, &pid).await);
+    drop(body);
+    drop(sender);
+    conn.abort();
+    let _ = conn.await;
+    assert_ends(&app, &sb.id, &pid, "NDJSON").await;
+
+    // Buffered exec has no terminal; background processes may.
+    let uri = format!("/v1/sandboxes/{}/exec", sb.id);
+    let (s, b) = call(&app, "POST", &uri, r#"{"cmd":["tty"],"tty":true}"#).await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("tty"));
+    let (s, b) = call(
+        &app,
+        "POST",
+        &uri,
+        r#"{"cmd":["true"],"tty":true,"background":true}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+
+    // At most 64 label filters.
+    let filters = |n: usize| {
+        (0..n)
+            .map(|i| format!("label=k{i}%3Dv"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes?{}", filters(64)),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, b) = call(
+        &app,
+        "GET",
+        &format!("/v1/sandboxes?{}", filters(65)),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
+
+    server.abort();
+    f.rt.destroy(&sb.id).await.unwrap();
+    f.finish().await;
+}

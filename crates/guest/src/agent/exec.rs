@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_proto::{
-    ExecInput, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, ProcInfo, ProtoError,
-    Response, now_micros, read_frame, write_frame,
+    ExecInput, ExecSpec, ExitStatus, Frame, GuestError, GuestErrorKind, GuestErrorReason, ProcInfo,
+    ProtoError, Response, now_micros, read_frame, write_frame,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -405,6 +405,38 @@ fn lookup(prog: &str, path: &str, cwd: &str) -> Option<String> {
     None
 }
 
+fn not_found(program: &str) -> GuestError {
+    GuestError::new(
+        GuestErrorKind::NotFound,
+        format!("{program}: command not found"),
+    )
+    .with_reason(GuestErrorReason::CommandNotFound)
+}
+
+/// The error for a spawn that failed, with the reason a host needs to
+/// exit as a shell would: `ENOENT` is a missing program (127); the errors
+/// of a program that exists but cannot be run are "not executable" (126).
+/// Anything else (out of memory, a failed credential switch) is hull's own
+/// failure and carries no reason. The working directory is entered in the
+/// same step, so its `EACCES` cannot be told from the program's.
+fn spawn_error(e: io::Error, program: &str, user: &str, cwd: &str) -> GuestError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => not_found(program),
+        Some(libc::EACCES) => GuestError::new(
+            GuestErrorKind::PermissionDenied,
+            format!(
+                "{program}: permission denied (running as {user}: the program or the working directory {cwd} is not accessible)"
+            ),
+        )
+        .with_reason(GuestErrorReason::CommandNotExecutable),
+        Some(libc::ENOEXEC | libc::EISDIR | libc::ENOTDIR | libc::ELOOP | libc::ETXTBSY) => {
+            super::os_error(e, format!("{program}: cannot execute"))
+                .with_reason(GuestErrorReason::CommandNotExecutable)
+        }
+        _ => super::os_error(e, format!("starting {program}")),
+    }
+}
+
 struct Started {
     proc: Arc<Proc>,
     sub: Option<mpsc::Receiver<Event>>,
@@ -490,12 +522,7 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let prog = lookup(&spec.argv[0], &path, &cwd).ok_or_else(|| {
-        GuestError::new(
-            GuestErrorKind::NotFound,
-            format!("{}: command not found", spec.argv[0]),
-        )
-    })?;
+    let prog = lookup(&spec.argv[0], &path, &cwd).ok_or_else(|| not_found(&spec.argv[0]))?;
 
     let mut cmd = Command::new(&prog);
     cmd.arg0(&spec.argv[0])
@@ -545,20 +572,13 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
 
     // Spawn and register under the registry lock (see the module docs).
     let mut inner = lock(&agent.procs.inner);
-    let mut child = cmd.spawn().map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => GuestError::new(
-            GuestErrorKind::NotFound,
-            format!("{}: command not found", spec.argv[0]),
-        ),
-        Some(libc::EACCES) => GuestError::new(
-            GuestErrorKind::PermissionDenied,
-            format!(
-                "{}: permission denied (running as {}: the program or the working directory {cwd} is not accessible)",
-                spec.argv[0],
-                user_spec.as_deref().unwrap_or("root"),
-            ),
-        ),
-        _ => os(e, &format!("starting {}", spec.argv[0])),
+    let mut child = cmd.spawn().map_err(|e| {
+        spawn_error(
+            e,
+            &spec.argv[0],
+            user_spec.as_deref().unwrap_or("root"),
+            &cwd,
+        )
     })?;
     let pid = child.id() as i32;
     let (exit_tx, exit_rx) = oneshot::channel();
