@@ -55,9 +55,7 @@ pub fn probe() -> Probe {
             > 0,
         overlayfs: has_fs("overlay"),
         seccomp: Path::new("/proc/sys/kernel/seccomp/actions_avail").exists(),
-        landlock: read("/sys/kernel/security/lsm")
-            .split(',')
-            .any(|l| l == "landlock"),
+        landlock: hull_sys::landlock_abi().is_some(),
         btrfs: has_fs("btrfs"),
         kvm,
         kvm_note,
