@@ -76,7 +76,7 @@ enum Cmd {
         #[command(flatten)]
         ex: ExecOpts,
         /// The command and its arguments.
-        #[arg(last = true, required = true)]
+        #[arg(trailing_var_arg = true, required = true)]
         cmd: Vec<String>,
     },
     /// Create a sandbox and print its id.
@@ -99,7 +99,7 @@ enum Cmd {
         user: Option<String>,
         /// Sandbox id or name.
         id: String,
-        #[arg(last = true, required = true)]
+        #[arg(trailing_var_arg = true, required = true)]
         cmd: Vec<String>,
     },
     /// List sandboxes.
@@ -1053,6 +1053,19 @@ mod tests {
         assert_eq!((id.as_str(), cmd.len()), ("box", 3));
         assert!(!c.json);
         assert!(parse(&["ls", "--json"]).unwrap().json);
+        // `--` may be left out, as with `docker run`: everything from the
+        // first word of the command on belongs to it.
+        let c = parse(&["run", "--ttl", "5m", "python3", "-c", "print(1)", "--json"]).unwrap();
+        let Cmd::Run { cmd, .. } = c.cmd else {
+            panic!("not run")
+        };
+        assert_eq!(cmd, ["python3", "-c", "print(1)", "--json"]);
+        assert!(!c.json);
+        let c = parse(&["exec", "box", "ls", "-l"]).unwrap();
+        let Cmd::Exec { cmd, .. } = c.cmd else {
+            panic!("not exec")
+        };
+        assert_eq!(cmd, ["ls", "-l"]);
         let c = parse(&["rm", "a", "b", "c"]).unwrap();
         assert!(matches!(c.cmd, Cmd::Rm { ids } if ids.len() == 3));
         for bad in [

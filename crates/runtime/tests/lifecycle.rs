@@ -58,6 +58,7 @@ async fn isolation_defaults() {
              ls /sys/class/net | tr '\\n' ' '; echo; \
              grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t ' ' '; \
              grep CapBnd /proc/self/status; \
+             grep -E '^Cap(Inh|Amb):' /proc/self/status | tr -s '\t ' ' ' | tr '\n' ' '; echo; \
              ps -o pid= | wc -l",
         )
         .await;
@@ -74,6 +75,11 @@ async fn isolation_defaults() {
     let bnd = u64::from_str_radix(lines[5].split_whitespace().last().unwrap(), 16).unwrap();
     assert_eq!(bnd & (1 << 21), 0, "CAP_SYS_ADMIN dropped");
     assert_eq!(bnd & (1 << 12), 0, "CAP_NET_ADMIN dropped");
+    assert_eq!(
+        lines[6].trim(),
+        "CapInh: 0000000000000000 CapAmb: 0000000000000000",
+        "no inheritable or ambient capabilities"
+    );
     // Refused by seccomp or missing capabilities.
     for probe in ["mount -t tmpfs x /mnt", "unshare -U true", "hostname evil"] {
         let r = kit.sh(&sb.id, probe).await;

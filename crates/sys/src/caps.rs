@@ -76,7 +76,12 @@ pub fn drop_to_default_set() -> Result<(), CapsError> {
         set: "ambient",
         source,
     })?;
-    caps::set(None, CapSet::Inheritable, &keep).map_err(|source| CapsError::Set {
+    // The inheritable set stays empty, as Docker has done since
+    // CVE-2022-24769: with inheritable capabilities, a non-root process
+    // executing a file that carries inheritable file capabilities would
+    // gain them. Root keeps its capabilities across exec anyway (they come
+    // from the bounding set).
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(|source| CapsError::Set {
         set: "inheritable",
         source,
     })?;
@@ -144,7 +149,7 @@ mod tests {
         assert_eq!(bnd, default_mask(), "bounding");
         assert_eq!(eff, default_mask(), "effective");
         assert_eq!(prm, default_mask(), "permitted");
-        assert_eq!(inh, default_mask(), "inheritable");
+        assert_eq!(inh, 0, "inheritable");
         assert_eq!(amb, 0, "ambient");
         assert!(!regained, "CAP_SYS_ADMIN came back");
     }
@@ -176,12 +181,12 @@ mod tests {
                     if drop_to_default_set().is_err() {
                         return 12;
                     }
-                    for f in ["CapBnd:", "CapEff:", "CapPrm:", "CapInh:"] {
+                    for f in ["CapBnd:", "CapEff:", "CapPrm:"] {
                         if status_mask(f) != default_mask() {
                             return 13;
                         }
                     }
-                    if status_mask("CapAmb:") != 0 {
+                    if status_mask("CapAmb:") != 0 || status_mask("CapInh:") != 0 {
                         return 14;
                     }
                     0
