@@ -396,7 +396,10 @@ async fn two_hundred_cycles_leave_nothing() {
         return;
     }
     let kit = Kit::new().await;
-    let instance = kit.rt.host_info().instance_id;
+    let info = kit.rt.host_info();
+    let instance = info.instance_id;
+    let (lo, hi) = info.uid_range.split_once('-').unwrap();
+    let (lo, hi): (u32, u32) = (lo.parse().unwrap(), hi.parse().unwrap());
     for i in 0..200 {
         let sb = kit.create("busybox").await;
         let r = kit
@@ -412,6 +415,38 @@ async fn two_hundred_cycles_leave_nothing() {
         .unwrap()
         .count();
     assert_eq!(sandboxes, 0, "sandbox directories left behind");
+    // No process runs as a sandbox uid (they are all dead, not just hidden).
+    let alive: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let uid: u32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            ((lo..=hi).contains(&uid) && !zombie)
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    assert!(alive.is_empty(), "sandbox processes still alive: {alive:?}");
+    // Mounts under the state directory: only the shared ones (the runtime
+    // tmpfs and the template layers), none per sandbox.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state = kit.dir.path().to_str().unwrap();
+    let per_sandbox: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(state))
+        .filter(|m| !m.ends_with("/sandboxes") && !m.contains("/mnt/"))
+        .collect();
+    assert!(per_sandbox.is_empty(), "{per_sandbox:?}");
     for ctrl in ["memory", "pids", "cpu", "freezer"] {
         let p = std::path::Path::new("/sys/fs/cgroup")
             .join(ctrl)
