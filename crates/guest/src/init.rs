@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use hull_proto::init::{InitPlan, InitStatus, PLAN_FD, STATUS_FD};
+use hull_proto::init::{InitPlan, InitStatus, PLAN_FD, RW_FD, STATUS_FD};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{Gid, Uid};
 
@@ -155,6 +155,7 @@ fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
         Some(data.as_str()),
     )
     .step("mounting the writable layer")?;
+    keep_writable_layer(&rw).step("keeping the writable layer open")?;
     let root = rw.join("root");
     mkdir(&root, 0o755).step("creating the root mount point")?;
     for (i, o) in plan.overlays.iter().enumerate() {
@@ -209,6 +210,16 @@ fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
         hull_sys::seccomp::install(&filter).step("installing the seccomp filter")?;
     }
     Ok(listener)
+}
+
+/// Hold the writable layer's root at [`RW_FD`] for the host (see there).
+fn keep_writable_layer(rw: &Path) -> std::io::Result<()> {
+    let dir = rustix::fs::open(
+        rw,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    hull_sys::ns::pin_fd(dir, RW_FD)
 }
 
 fn mkdir(p: &Path, mode: u32) -> std::io::Result<()> {

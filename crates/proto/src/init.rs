@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 pub const PLAN_FD: i32 = 3;
 /// File descriptor on which init writes one [`InitStatus`] (JSON) and closes.
 pub const STATUS_FD: i32 = 4;
+/// Descriptor the guest keeps open on its writable layer's root (the tmpfs
+/// holding `upper<i>`/`work<i>` for each overlay, in the sandbox's own mount
+/// namespace, where no path reaches it after `pivot_root`). The host reads
+/// a frozen sandbox's changes through `/proc/<pid>/fd/<RW_FD>/upper<i>`
+/// (snapshots). High, so that it is free when init takes it; close-on-exec.
+pub const RW_FD: i32 = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InitPlan {

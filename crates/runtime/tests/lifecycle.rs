@@ -274,6 +274,47 @@ async fn transitions_and_bad_input() {
     kit.finish().await;
 }
 
+/// The host reaches a sandbox's writable layer (for snapshots) through the
+/// descriptor its PID 1 keeps open, though no host path leads there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_layer_is_reachable_from_the_host() {
+    if !common::privileged("writable_layer_is_reachable_from_the_host") {
+        return;
+    }
+    let kit = Kit::new().await;
+    let sb = kit.create("busybox").await;
+    let r = kit
+        .sh(&sb.id, "echo changed > /tmp/new; rm /etc/hosts; echo ok")
+        .await;
+    assert_eq!(r.stdout, "ok\n", "{r:?}");
+    let pid = sb.pid.expect("pid");
+    let rw = std::path::PathBuf::from(format!("/proc/{pid}/fd/{}", hull_proto::init::RW_FD));
+    let st = nix::sys::statfs::statfs(&rw).unwrap();
+    assert_eq!(st.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("upper0/tmp/new")).unwrap(),
+        "changed\n"
+    );
+    // The deletion is a whiteout in the upper layer (a 0/0 character device
+    // or overlay's xattr form); the lower file is untouched.
+    let wh = std::fs::symlink_metadata(rw.join("upper0/etc/hosts")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(wh.file_type().is_char_device() || wh.len() == 0, "{wh:?}");
+    // Sandbox processes don't inherit it.
+    let r = kit
+        .sh(
+            &sb.id,
+            &format!(
+                "ls /proc/self/fd/ | grep -x {} || echo none",
+                hull_proto::init::RW_FD
+            ),
+        )
+        .await;
+    assert_eq!(r.stdout, "none\n", "{r:?}");
+    kit.rt.destroy(&sb.id).await.unwrap();
+    kit.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_labels_users_and_file_escapes() {
     if !common::privileged("ttl_labels_users") {

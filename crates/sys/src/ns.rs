@@ -407,6 +407,22 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 /// `CLONE_INTO_CGROUP` (libc's constant has the wrong width).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// Move `fd` to the number `at` (close-on-exec) and keep it open for the
+/// life of the process: a descriptor other processes find by number
+/// (through `/proc/<pid>/fd/<at>`). Refuses when `at` is already open.
+pub fn pin_fd(fd: OwnedFd, at: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(at, libc::F_GETFD) } >= 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: dup3 onto a number that is not open (checked above) clobbers
+    // nothing; the new descriptor is intentionally never closed.
+    if unsafe { libc::dup3(fd.as_raw_fd(), at, libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Take ownership of a descriptor inherited from the parent by number
 /// (e.g. init's plan and status pipes), marking it close-on-exec.
 /// `None` when no such descriptor is open.
@@ -528,6 +544,20 @@ mod tests {
             });
             assert!(res.is_err(), "{fds:?}");
         }
+    }
+
+    #[test]
+    fn pin_fd_places_and_refuses_busy_numbers() {
+        let f = std::fs::File::open("/").unwrap();
+        pin_fd(OwnedFd::from(f), 700).unwrap();
+        let meta = std::fs::metadata("/proc/self/fd/700").unwrap();
+        assert!(meta.is_dir());
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        let flags = unsafe { libc::fcntl(700, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let again = std::fs::File::open("/").unwrap();
+        assert!(pin_fd(OwnedFd::from(again), 700).is_err());
+        assert!(pin_fd(OwnedFd::from(std::fs::File::open("/").unwrap()), 0).is_err());
     }
 
     #[test]
