@@ -209,6 +209,11 @@ fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
         let filter = hull_sys::seccomp::sandbox_filter().step("building the seccomp filter")?;
         hull_sys::seccomp::install(&filter).step("installing the seccomp filter")?;
     }
+    // Sandbox processes share our uid: without this they could open our
+    // descriptors through /proc/1/fd (the writable layer's root, the
+    // agent's connections) or ptrace us. The host keeps access (it has
+    // CAP_SYS_PTRACE where it counts).
+    nix::sys::prctl::set_dumpable(false).step("making init non-dumpable")?;
     Ok(listener)
 }
 

@@ -300,17 +300,22 @@ async fn writable_layer_is_reachable_from_the_host() {
     let wh = std::fs::symlink_metadata(rw.join("upper0/etc/hosts")).unwrap();
     use std::os::unix::fs::FileTypeExt;
     assert!(wh.file_type().is_char_device() || wh.len() == 0, "{wh:?}");
-    // Sandbox processes don't inherit it.
+    // Sandbox processes neither inherit it nor reach PID 1's descriptors.
     let r = kit
         .sh(
             &sb.id,
             &format!(
-                "ls /proc/self/fd/ | grep -x {} || echo none",
+                "ls /proc/self/fd/ | grep -x {} || echo none; \
+                 ls /proc/1/fd/{}/ 2>&1 | head -1; cat /proc/1/environ 2>&1 | head -1",
+                hull_proto::init::RW_FD,
                 hull_proto::init::RW_FD
             ),
         )
         .await;
-    assert_eq!(r.stdout, "none\n", "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "none", "{r:?}");
+    assert!(lines[1].contains("Permission denied"), "{r:?}");
+    assert!(lines[2].contains("Permission denied"), "{r:?}");
     kit.rt.destroy(&sb.id).await.unwrap();
     kit.finish().await;
 }
