@@ -4,18 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("HULL_TEST_PRIVILEGED").as_deref(),
-        Ok("1"),
-        "{test}: needs root"
-    );
-    eprintln!("SKIP {test}: needs root");
-    false
-}
+use hull_testkit::privileged;
 
 /// A private daemon (socket + state dir), started on demand by the CLI
 /// itself, reset and stopped at the end.

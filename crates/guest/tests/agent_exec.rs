@@ -179,21 +179,7 @@ async fn gone(pid: i32) -> bool {
     false
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Skip (or fail under `HULL_TEST_PRIVILEGED=1`) without root.
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("HULL_TEST_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test} needs root and HULL_TEST_PRIVILEGED=1 is set");
-    }
-    eprintln!("skipping {test}: needs root");
-    false
-}
+use hull_testkit::privileged as need_root;
 
 #[tokio::test]
 async fn echo_stdin_and_exit_codes() {

@@ -304,22 +304,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Whether a privileged test may run; panics when it must but cannot.
-fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("HULL_TEST_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root (HULL_TEST_PRIVILEGED=1)"
-    );
-    eprintln!("skipping {test}: needs root");
-    false
-}
+use hull_testkit::privileged;
 
 // ---- tar helpers ----
 

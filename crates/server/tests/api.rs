@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{Fixture, call, call_with, error_kind, privileged};
+use common::{App, Fixture, call, call_with, error_kind, privileged};
 use futures_util::{SinkExt, StreamExt};
 use hull_api::Sandbox;
 use hull_api::{ExecEvent, ExecResult, FileInfo, SandboxList};

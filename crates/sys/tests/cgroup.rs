@@ -8,18 +8,7 @@ use std::time::{Duration, Instant};
 
 use hull_sys::cgroup::{CgroupLimits, CgroupManager, Place};
 
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("HULL_TEST_PRIVILEGED").as_deref(),
-        Ok("1"),
-        "{test}: needs root"
-    );
-    eprintln!("SKIP {test}: needs root");
-    false
-}
+use hull_testkit::privileged;
 
 /// A manager on a parent unique to this test process; everything it made
 /// is removed when dropped, even when the test fails.

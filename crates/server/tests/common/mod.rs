@@ -2,116 +2,31 @@
 //! directory, the guest binary from this build, and small HTTP clients
 //! (in-process through `tower::ServiceExt::oneshot`, and over a real unix
 //! or TCP socket with hyper).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hull_api::{ErrorBody, Limits};
-use hull_runtime::{Runtime, RuntimeConfig};
+use hull_api::ErrorBody;
 use hull_server::{Auth, router};
 use tower::ServiceExt;
 
-/// True when the test may run; false (after a message) when it must skip.
-/// Panics when privileged tests are required (`HULL_TEST_PRIVILEGED=1`) but
-/// cannot run.
-pub fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("HULL_TEST_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: HULL_TEST_PRIVILEGED=1 but not running as root");
-    }
-    eprintln!("SKIP {test}: needs root (set HULL_TEST_PRIVILEGED=1 to make this a failure)");
-    false
+pub use hull_testkit::{guest_binary, privileged, state_dir};
+
+/// A runtime on a private state directory (the shared kit); `finish`
+/// resets it and asserts the host holds nothing of it.
+pub use hull_testkit::RuntimeKit as Fixture;
+
+/// The unix-socket router (no auth) over a fixture's runtime.
+pub trait App {
+    fn app(&self, max_upload: u64) -> axum::Router;
 }
 
-/// The `hull-guest` binary built alongside the tests.
-pub fn guest_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("HULL_GUEST_BINARY") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<triple>/debug/deps/<test> -> target/<triple>/debug/hull-guest
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join("hull-guest");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first (cargo build -p hull) or set HULL_GUEST_BINARY",
-        p.display()
-    );
-    p
-}
-
-/// A private state directory under /tmp (short paths: unix sockets live
-/// under it).
-pub fn state_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("tempdir")
-}
-
-/// A runtime on a private state directory; removes every sandbox it made
-/// even when the test fails before [`Fixture::finish`].
-pub struct Fixture {
-    pub rt: Arc<Runtime>,
-    pub dir: tempfile::TempDir,
-    done: bool,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let rt = self.rt.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(t) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            t.block_on(async {
-                let _ = rt.system_reset().await;
-                rt.shutdown().await;
-            });
-        })
-        .join();
-    }
-}
-
-impl Fixture {
-    pub async fn new() -> Fixture {
-        let dir = state_dir("hull-s");
-        let rt = Runtime::open(RuntimeConfig {
-            state_dir: dir.path().into(),
-            guest_binary: guest_binary(),
-            defaults: Limits::default(),
-        })
-        .await
-        .expect("open the runtime");
-        Fixture {
-            rt,
-            dir,
-            done: false,
-        }
-    }
-
-    /// The unix-socket router with a `max_upload` cap.
-    pub fn app(&self, max_upload: u64) -> axum::Router {
+impl App for Fixture {
+    fn app(&self, max_upload: u64) -> axum::Router {
         router(self.rt.clone(), Auth::None, max_upload)
-    }
-
-    /// Remove everything made (asserting it worked) and stop the runtime.
-    pub async fn finish(mut self) {
-        self.rt.system_reset().await.expect("system reset");
-        self.rt.shutdown().await;
-        self.done = true;
     }
 }
 

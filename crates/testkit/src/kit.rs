@@ -1,0 +1,109 @@
+//! A runtime on a private state directory.
+
+use std::sync::Arc;
+
+use hull_api::{CreateSandbox, ExecRequest, ExecResult, Limits, LimitsRequest, Sandbox};
+use hull_runtime::{Runtime, RuntimeConfig};
+
+use crate::{assert_host_clean, guest_binary, state_dir};
+
+/// A [`Runtime`] on a private state directory. [`RuntimeKit::finish`]
+/// resets it and asserts the host holds nothing of it; a test that fails
+/// before `finish` still has everything removed when the kit drops.
+pub struct RuntimeKit {
+    pub rt: Arc<Runtime>,
+    pub dir: tempfile::TempDir,
+    finished: bool,
+}
+
+impl Drop for RuntimeKit {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let rt = self.rt.clone();
+        // Drop may run inside a tokio runtime: work on a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let Ok(tokio) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            tokio.block_on(async {
+                let _ = rt.system_reset().await;
+                rt.shutdown().await;
+            });
+        })
+        .join();
+    }
+}
+
+impl RuntimeKit {
+    pub async fn new() -> RuntimeKit {
+        let dir = state_dir("hull-t");
+        let rt = Runtime::open(Self::config(dir.path()))
+            .await
+            .expect("runtime opens");
+        RuntimeKit {
+            rt,
+            dir,
+            finished: false,
+        }
+    }
+
+    fn config(state: &std::path::Path) -> RuntimeConfig {
+        RuntimeConfig {
+            state_dir: state.to_path_buf(),
+            guest_binary: guest_binary(),
+            defaults: Limits::default(),
+        }
+    }
+
+    /// Reopen the runtime on the same state directory (a daemon restart).
+    pub async fn restart(&mut self) {
+        self.rt.shutdown().await;
+        self.rt = Runtime::open(Self::config(self.dir.path()))
+            .await
+            .expect("runtime reopens");
+    }
+
+    pub async fn create(&self, template: &str) -> Sandbox {
+        self.create_with(template, LimitsRequest::default()).await
+    }
+
+    pub async fn create_with(&self, template: &str, limits: LimitsRequest) -> Sandbox {
+        self.rt
+            .create(CreateSandbox {
+                template: Some(template.into()),
+                limits,
+                ..Default::default()
+            })
+            .await
+            .expect("create")
+    }
+
+    /// `/bin/sh -c script` in a sandbox.
+    pub async fn sh(&self, id: &str, script: &str) -> ExecResult {
+        self.rt
+            .exec(
+                id,
+                ExecRequest {
+                    cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("exec")
+    }
+
+    /// Reset everything and assert the host holds nothing of this instance.
+    pub async fn finish(mut self) {
+        let state = self.dir.path().to_path_buf();
+        let instance = self.rt.host_info().instance_id;
+        self.rt.system_reset().await.expect("reset");
+        self.rt.shutdown().await;
+        self.finished = true;
+        assert_host_clean(&state, &instance);
+    }
+}
