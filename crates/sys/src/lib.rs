@@ -1,8 +1,10 @@
 //! The only crate with raw system calls and `unsafe`: namespaces, mounts,
-//! cgroups, seccomp, capabilities, PTYs. Each `unsafe` block carries a
-//! `// SAFETY:` comment. Everything above this crate is `forbid(unsafe_code)`.
+//! cgroups, seccomp, capabilities, PTYs, btrfs and loop devices. Each
+//! `unsafe` block carries a `// SAFETY:` comment. Everything above this
+//! crate is `forbid(unsafe_code)`.
 #![allow(unsafe_code)]
 
+pub mod btrfs;
 pub mod caps;
 pub mod cgroup;
 pub mod mount;
