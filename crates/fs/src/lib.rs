@@ -18,6 +18,8 @@
 //! store is first opened and refreshed by `hull system reset`.
 #![forbid(unsafe_code)]
 
+pub mod snapshot;
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
