@@ -24,7 +24,19 @@
 //!   chains are stacked with overlayfs. Limits: at most
 //!   [`overlay::MAX_CHAIN`] layers in a chain (overlayfs's own limit); cost
 //!   of `commit_from_dir` is O(bytes in the upper directory).
-//! - `btrfs` (next): subvolumes and read-only snapshots.
+//! - [`btrfs`]: every snapshot is a whole tree in a btrfs subvolume;
+//!   `prepare`, `view` and `commit` are constant time whatever the tree
+//!   holds (a subvolume snapshot, a read-only flag), chains have no depth
+//!   limit and every snapshot mounts as one bind mount. Needs the store on
+//!   btrfs. Limits: `commit_from_dir` costs O(bytes in the upper
+//!   directory); deleting a name the parent has leaves no whiteout, so a
+//!   layer below the store that has the name shows it again (see the
+//!   module).
+//!
+//! [`open_auto`] picks the backend for a state directory: btrfs when it is
+//! on btrfs or a loop-backed btrfs image can be made there, overlay
+//! otherwise, or the one `HULL_SNAPSHOT_BACKEND` forces; [`StoreInfo`] says
+//! which, and where the image is.
 //!
 //! Every backend passes one conformance suite, [`testsuite`]; instantiate it
 //! with [`snapshot_conformance!`](crate::snapshot_conformance).
@@ -66,9 +78,14 @@ use serde::{Deserialize, Serialize};
 
 use hull_api::ErrorKind;
 
+pub mod btrfs;
+mod files;
 pub mod meta;
 pub mod overlay;
+mod store;
 pub mod testsuite;
+
+pub use store::{BackendChoice, ImageInfo, StoreInfo, open_auto, open_with};
 
 /// Labels: free-form `name -> value` strings attached to a snapshot.
 pub type Labels = BTreeMap<String, String>;
@@ -451,6 +468,12 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    /// The backend cannot work here (the btrfs backend on another
+    /// filesystem, a forced backend that is unavailable).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Btrfs(#[from] hull_sys::btrfs::BtrfsError),
     #[error("snapshot metadata database")]
     Metadata(#[from] rusqlite::Error),
     #[error("snapshot metadata is inconsistent: {0}")]
@@ -477,9 +500,17 @@ impl SnapshotError {
             {
                 ErrorKind::ResourceExhausted
             }
+            SnapshotError::Btrfs(e)
+                if e.raw_os_error()
+                    .is_some_and(|n| n == Errno::ENOSPC as i32 || n == Errno::EDQUOT as i32) =>
+            {
+                ErrorKind::ResourceExhausted
+            }
+            SnapshotError::Unavailable(_) => ErrorKind::Unavailable,
             SnapshotError::Io { .. }
             | SnapshotError::Mount { .. }
             | SnapshotError::Metadata(_)
+            | SnapshotError::Btrfs(_)
             | SnapshotError::Corrupt(_) => ErrorKind::Internal,
         }
     }
@@ -635,6 +666,19 @@ pub trait Snapshotter: Send + Sync {
 
     /// Every snapshot, ordered by key.
     fn walk(&self) -> Result<Vec<Info>, SnapshotError>;
+
+    /// The directories holding committed snapshot `key`'s tree, nearest
+    /// first: stacked as overlayfs lower layers they show it (one directory
+    /// for a backend whose snapshots are whole trees). For callers that
+    /// stack a snapshot under a writable layer of their own (the runtime's
+    /// sandboxes) without making a view. `WrongKind` unless committed.
+    fn layers(&self, key: &str) -> Result<Vec<std::path::PathBuf>, SnapshotError> {
+        let _ = key;
+        Err(SnapshotError::InvalidArgument(format!(
+            "the {} backend cannot list layer directories",
+            self.backend()
+        )))
+    }
 
     /// Remove `key` and its files. `InUse` while other snapshots name it as
     /// their parent; `NotFound` if it doesn't exist.

@@ -48,19 +48,14 @@
 //!   back to copying), as `redirect_dir` is off.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{Flock, FlockArg};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Timestamps, XattrFlags};
-use rustix::io::Errno;
+use nix::fcntl::Flock;
 
+use super::files::{Copier, Xattrs, lock_root, make_dirs, tree_usage, unique_name};
 use super::meta::{MetaStore, Record};
 use super::{
     Info, Kind, LabelChanges, Labels, Mount, SnapshotError, Snapshotter, Usage, crash, io_error,
@@ -72,7 +67,7 @@ use super::{
 pub const MAX_CHAIN: usize = 500;
 
 /// Deepest directory nesting [`copy_layer`] and `usage` walk.
-pub const MAX_DEPTH: usize = 512;
+pub use super::files::MAX_DEPTH;
 
 /// The `overlay` snapshotter. See the module documentation.
 pub struct OverlaySnapshotter {
@@ -103,31 +98,8 @@ impl OverlaySnapshotter {
             .map_err(io_error("creating", root))?;
         let root = root.canonicalize().map_err(io_error("resolving", root))?;
         check_root(&root)?;
-        let lock_path = root.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error("opening", &lock_path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            if e == nix::errno::Errno::EWOULDBLOCK {
-                SnapshotError::Locked {
-                    root: root.display().to_string(),
-                }
-            } else {
-                io_error("locking", &lock_path)(e.into())
-            }
-        })?;
-        for d in ["snapshots", "tmp"] {
-            let p = root.join(d);
-            match fs::DirBuilder::new().mode(0o700).create(&p) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(io_error("creating", &p)(e));
-                }
-                _ => {}
-            }
-        }
+        let lock = lock_root(&root)?;
+        make_dirs(&root, &["snapshots", "tmp"])?;
         let meta = MetaStore::open(&root.join("metadata.db"))?;
         let s = Self {
             root,
@@ -376,16 +348,6 @@ fn remove_tree_if_exists(path: &Path) -> Result<(), SnapshotError> {
     }
 }
 
-/// A name for a staging directory no other call in this process uses.
-fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 impl Snapshotter for OverlaySnapshotter {
     fn backend(&self) -> &'static str {
         "overlay"
@@ -407,6 +369,24 @@ impl Snapshotter for OverlaySnapshotter {
         labels: &Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
         self.create(Kind::View, key, parent, labels)
+    }
+
+    fn layers(&self, key: &str) -> Result<Vec<PathBuf>, SnapshotError> {
+        validate_key(key)?;
+        let tx = self.meta.read()?;
+        let rec = tx.require(key)?;
+        if rec.info.kind != Kind::Committed {
+            return Err(SnapshotError::WrongKind {
+                key: key.into(),
+                kind: rec.info.kind,
+                needs: "only committed snapshots have layers",
+            });
+        }
+        Ok(tx
+            .chain(rec.id)?
+            .into_iter()
+            .map(|id| self.dir(id).join("fs"))
+            .collect())
     }
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
@@ -473,7 +453,7 @@ impl Snapshotter for OverlaySnapshotter {
             }
         }
         let stage = self.staging(&unique_name("copy"))?;
-        Copier::new(true).copy(upper, &stage.path.join("fs"))?;
+        Copier::new(Xattrs::Layer { user_opaque: true }).copy(upper, &stage.path.join("fs"))?;
         crash::point(crash::STAGED);
 
         let tx = self.meta.write()?;
@@ -512,7 +492,7 @@ impl Snapshotter for OverlaySnapshotter {
         let id = self.meta.read()?.require(key)?.id;
         // Walked without the lock: a concurrent remove shows as NotFound.
         let layer = self.dir(id).join("fs");
-        tree_usage(&layer).map_err(|e| {
+        tree_usage(&layer, None).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 SnapshotError::NotFound { key: key.into() }
             } else {
@@ -552,75 +532,6 @@ impl Snapshotter for OverlaySnapshotter {
     }
 }
 
-/// Walk a layer: allocated bytes and distinct inodes.
-fn tree_usage(root: &Path) -> io::Result<Usage> {
-    let fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&fd)?;
-    let mut u = Usage {
-        bytes: st.st_blocks as u64 * 512,
-        inodes: 1,
-    };
-    let mut linked = std::collections::HashSet::new();
-    usage_dir(&fd, 0, &mut linked, &mut u)?;
-    Ok(u)
-}
-
-fn usage_dir(
-    dir: &OwnedFd,
-    depth: usize,
-    linked: &mut std::collections::HashSet<(u64, u64)>,
-    u: &mut Usage,
-) -> io::Result<()> {
-    if depth >= MAX_DEPTH {
-        return Err(io::Error::other(format!(
-            "directories nested deeper than {MAX_DEPTH}"
-        )));
-    }
-    for name in dir_names(dir)? {
-        let st = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-        if is_dir || st.st_nlink <= 1 || linked.insert((st.st_dev, st.st_ino)) {
-            u.bytes += st.st_blocks as u64 * 512;
-            u.inodes += 1;
-        }
-        if is_dir {
-            match rustix::fs::openat(
-                dir,
-                &name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(sub) => usage_dir(&sub, depth + 1, linked, u)?,
-                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The entries of an open directory, without `.` and `..`.
-fn dir_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
-    let mut names = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = d.read() {
-        let entry = entry?;
-        let n = entry.file_name();
-        if n != c"." && n != c".." {
-            names.push(n.to_owned());
-        }
-    }
-    Ok(names)
-}
-
 /// Copy an overlayfs upper directory `src_upper` to `dst` (which must not
 /// exist), keeping everything a layer means: regular files (holes stay
 /// holes), directories, symlinks, hardlinks within the tree, FIFOs and
@@ -642,447 +553,7 @@ fn dir_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
 /// overlays mounted with `metacopy=on` are not supported (a metadata-only
 /// copy-up has no data of its own); hull never mounts with it.
 pub fn copy_layer(src_upper: &Path, dst: &Path) -> Result<(), SnapshotError> {
-    Copier::new(false).copy(src_upper, dst)
-}
-
-struct Copier {
-    /// (dev, ino) of multiply-linked sources -> the first copy's path.
-    links: HashMap<(u64, u64), PathBuf>,
-    /// Also mark `trusted.overlay.opaque` directories `user.overlay.opaque`
-    /// (the store mounts with `userxattr`).
-    user_opaque: bool,
-    buf: Vec<u8>,
-}
-
-const OPEN_DIR: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
-
-/// A source or destination of extended attributes.
-#[derive(Clone, Copy)]
-enum Node<'a> {
-    Fd(BorrowedFd<'a>),
-    /// `name` in the directory `dir`, not followed if a symlink.
-    At(BorrowedFd<'a>, &'a CStr),
-}
-
-impl Node<'_> {
-    /// A path naming the node through /proc, so symlinks, devices and
-    /// FIFOs (which can't be opened for xattrs) are reached without
-    /// resolving anything in the copied tree.
-    fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> PathBuf {
-        let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        p.push(OsStr::from_bytes(name.to_bytes()));
-        p
-    }
-
-    fn list(self) -> io::Result<Vec<u8>> {
-        loop {
-            let size = match self {
-                Node::Fd(fd) => rustix::fs::flistxattr_query(fd),
-                Node::At(d, n) => rustix::fs::llistxattr_query(Self::proc_path(d, n)),
-            };
-            let size = match size {
-                Ok(s) => s,
-                Err(Errno::NOTSUP) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            if size == 0 {
-                return Ok(Vec::new());
-            }
-            let mut buf = vec![0u8; size];
-            let r = match self {
-                Node::Fd(fd) => rustix::fs::flistxattr(fd, &mut buf[..]),
-                Node::At(d, n) => rustix::fs::llistxattr(Self::proc_path(d, n), &mut buf[..]),
-            };
-            match r {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
-                Err(Errno::RANGE) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    fn get(self, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        loop {
-            let size = match self {
-                Node::Fd(fd) => rustix::fs::fgetxattr_query(fd, name),
-                Node::At(d, n) => rustix::fs::lgetxattr_query(Self::proc_path(d, n), name),
-            };
-            let size = match size {
-                Ok(s) => s,
-                Err(Errno::NODATA) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let mut buf = vec![0u8; size];
-            if size == 0 {
-                return Ok(Some(buf));
-            }
-            let r = match self {
-                Node::Fd(fd) => rustix::fs::fgetxattr(fd, name, &mut buf[..]),
-                Node::At(d, n) => rustix::fs::lgetxattr(Self::proc_path(d, n), name, &mut buf[..]),
-            };
-            match r {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(Some(buf));
-                }
-                Err(Errno::RANGE) => continue,
-                Err(Errno::NODATA) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    fn set(self, name: &[u8], value: &[u8]) -> io::Result<()> {
-        match self {
-            Node::Fd(fd) => rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty()),
-            Node::At(d, n) => {
-                rustix::fs::lsetxattr(Self::proc_path(d, n), name, value, XattrFlags::empty())
-            }
-        }
-        .map_err(Into::into)
-    }
-}
-
-fn timestamps(st: &rustix::fs::Stat) -> Timestamps {
-    Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: st.st_atime as _,
-            tv_nsec: st.st_atime_nsec as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: st.st_mtime as _,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    }
-}
-
-fn owner(st: &rustix::fs::Stat) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
-    (
-        Some(rustix::fs::Uid::from_raw(st.st_uid)),
-        Some(rustix::fs::Gid::from_raw(st.st_gid)),
-    )
-}
-
-fn perms(st: &rustix::fs::Stat) -> Mode {
-    Mode::from_raw_mode(st.st_mode & 0o7777)
-}
-
-fn same_inode(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
-    a.st_dev == b.st_dev && a.st_ino == b.st_ino
-}
-
-impl Copier {
-    fn new(user_opaque: bool) -> Self {
-        Self {
-            links: HashMap::new(),
-            user_opaque,
-            buf: Vec::new(),
-        }
-    }
-
-    fn copy(&mut self, src: &Path, dst: &Path) -> Result<(), SnapshotError> {
-        let sfd = rustix::fs::open(src, OPEN_DIR, Mode::empty())
-            .map_err(|e| io_error("opening the directory to copy", src)(e.into()))?;
-        let st = rustix::fs::fstat(&sfd).map_err(|e| io_error("reading", src)(e.into()))?;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dst)
-            .map_err(io_error("creating", dst))?;
-        let dfd = rustix::fs::open(dst, OPEN_DIR, Mode::empty())
-            .map_err(|e| io_error("opening", dst)(e.into()))?;
-        self.copy_dir(&sfd, &dfd, src, dst, 0)?;
-        self.finish(Node::Fd(sfd.as_fd()), Node::Fd(dfd.as_fd()), &st, true, dst)
-    }
-
-    /// Copy the entries of `sdir` into `ddir` (paths are for messages and
-    /// hardlinks).
-    fn copy_dir(
-        &mut self,
-        sdir: &OwnedFd,
-        ddir: &OwnedFd,
-        spath: &Path,
-        dpath: &Path,
-        depth: usize,
-    ) -> Result<(), SnapshotError> {
-        if depth >= MAX_DEPTH {
-            return Err(SnapshotError::InvalidArgument(format!(
-                "{} is nested more than {MAX_DEPTH} directories deep",
-                spath.display()
-            )));
-        }
-        let names = dir_names(sdir).map_err(io_error("listing", spath))?;
-        for name in names {
-            let os = OsStr::from_bytes(name.to_bytes());
-            let (sp, dp) = (spath.join(os), dpath.join(os));
-            let sp_ref: &Path = &sp;
-            let rerr = |what| move |e: Errno| io_error(what, sp_ref)(e.into());
-            let st = rustix::fs::statat(sdir, &*name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(rerr("reading"))?;
-            let ft = FileType::from_raw_mode(st.st_mode);
-            if ft != FileType::Directory && st.st_nlink > 1 {
-                if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
-                    rustix::fs::linkat(rustix::fs::CWD, first, ddir, &*name, AtFlags::empty())
-                        .map_err(|e| io_error("hardlinking", &dp)(e.into()))?;
-                    continue;
-                }
-                self.links.insert((st.st_dev, st.st_ino), dp.clone());
-            }
-            let dnode = Node::At(ddir.as_fd(), &name);
-            match ft {
-                FileType::Directory => {
-                    let sub = rustix::fs::openat(sdir, &*name, OPEN_DIR, Mode::empty())
-                        .map_err(rerr("opening"))?;
-                    let sst = rustix::fs::fstat(&sub).map_err(rerr("reading"))?;
-                    if !same_inode(&st, &sst) {
-                        return Err(changed(&sp));
-                    }
-                    rustix::fs::mkdirat(ddir, &*name, Mode::from_raw_mode(0o700))
-                        .map_err(|e| io_error("creating", &dp)(e.into()))?;
-                    let dsub = rustix::fs::openat(ddir, &*name, OPEN_DIR, Mode::empty())
-                        .map_err(|e| io_error("opening", &dp)(e.into()))?;
-                    self.copy_dir(&sub, &dsub, &sp, &dp, depth + 1)?;
-                    self.finish(
-                        Node::Fd(sub.as_fd()),
-                        Node::Fd(dsub.as_fd()),
-                        &sst,
-                        true,
-                        &dp,
-                    )?;
-                }
-                FileType::RegularFile => {
-                    let src = rustix::fs::openat(
-                        sdir,
-                        &*name,
-                        OFlags::RDONLY
-                            | OFlags::NOFOLLOW
-                            | OFlags::NONBLOCK
-                            | OFlags::NOCTTY
-                            | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(rerr("opening"))?;
-                    let sst = rustix::fs::fstat(&src).map_err(rerr("reading"))?;
-                    if !same_inode(&st, &sst) || FileType::from_raw_mode(sst.st_mode) != ft {
-                        return Err(changed(&sp));
-                    }
-                    let dst = rustix::fs::openat(
-                        ddir,
-                        &*name,
-                        OFlags::WRONLY
-                            | OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )
-                    .map_err(|e| io_error("creating", &dp)(e.into()))?;
-                    self.copy_data(&src, &dst, sst.st_size as u64)
-                        .map_err(io_error("copying", &sp))?;
-                    self.finish(
-                        Node::Fd(src.as_fd()),
-                        Node::Fd(dst.as_fd()),
-                        &sst,
-                        false,
-                        &dp,
-                    )?;
-                }
-                FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(sdir, &*name, Vec::new())
-                        .map_err(rerr("reading"))?;
-                    rustix::fs::symlinkat(&*target, ddir, &*name)
-                        .map_err(|e| io_error("creating", &dp)(e.into()))?;
-                    self.finish_at(sdir, &name, &st, dnode, &dp)?;
-                }
-                FileType::CharacterDevice | FileType::Fifo | FileType::Socket => {
-                    if ft == FileType::CharacterDevice && st.st_rdev != 0 {
-                        return Err(device(&sp));
-                    }
-                    rustix::fs::mknodat(ddir, &*name, ft, Mode::from_raw_mode(0o600), st.st_rdev)
-                        .map_err(|e| io_error("creating", &dp)(e.into()))?;
-                    self.finish_at(sdir, &name, &st, dnode, &dp)?;
-                }
-                FileType::BlockDevice | FileType::Unknown => return Err(device(&sp)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Owner, mode, xattrs, then times (in that order: chown clears
-    /// setuid bits and file capabilities) of an opened copy.
-    fn finish(
-        &mut self,
-        src: Node<'_>,
-        dst: Node<'_>,
-        st: &rustix::fs::Stat,
-        is_dir: bool,
-        dpath: &Path,
-    ) -> Result<(), SnapshotError> {
-        let Node::Fd(dfd) = dst else {
-            unreachable!("finish() is for opened files")
-        };
-        let err = |what| move |e: Errno| io_error(what, dpath)(e.into());
-        let (uid, gid) = owner(st);
-        rustix::fs::fchown(dfd, uid, gid).map_err(err("setting the owner of"))?;
-        rustix::fs::fchmod(dfd, perms(st)).map_err(err("setting the mode of"))?;
-        self.copy_xattrs(src, dst, is_dir, dpath)?;
-        rustix::fs::futimens(dfd, &timestamps(st)).map_err(err("setting the times of"))
-    }
-
-    /// [`Self::finish`] for nodes that can't be opened (symlinks, FIFOs,
-    /// sockets, whiteouts): by name in their directory.
-    fn finish_at(
-        &mut self,
-        sdir: &OwnedFd,
-        name: &CStr,
-        st: &rustix::fs::Stat,
-        dst: Node<'_>,
-        dpath: &Path,
-    ) -> Result<(), SnapshotError> {
-        let Node::At(ddir, dname) = dst else {
-            unreachable!("finish_at() is for nodes by name")
-        };
-        let err = |what| move |e: Errno| io_error(what, dpath)(e.into());
-        let (uid, gid) = owner(st);
-        rustix::fs::chownat(ddir, dname, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(err("setting the owner of"))?;
-        let symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
-        if !symlink {
-            rustix::fs::chmodat(ddir, dname, perms(st), AtFlags::empty())
-                .map_err(err("setting the mode of"))?;
-        }
-        self.copy_xattrs(Node::At(sdir.as_fd(), name), dst, false, dpath)?;
-        rustix::fs::utimensat(ddir, dname, &timestamps(st), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(err("setting the times of"))
-    }
-
-    fn copy_xattrs(
-        &mut self,
-        src: Node<'_>,
-        dst: Node<'_>,
-        is_dir: bool,
-        dpath: &Path,
-    ) -> Result<(), SnapshotError> {
-        let list = src
-            .list()
-            .map_err(io_error("listing the extended attributes of", dpath))?;
-        let mut trusted_opaque = false;
-        let mut user_opaque = false;
-        for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            let Some(value) = src
-                .get(name)
-                .map_err(io_error("reading the extended attributes of", dpath))?
-            else {
-                continue;
-            };
-            trusted_opaque |= name == b"trusted.overlay.opaque" && value == b"y";
-            user_opaque |= name == b"user.overlay.opaque";
-            dst.set(name, &value).map_err(|e| SnapshotError::Io {
-                what: "setting an extended attribute on",
-                path: format!("{} ({})", dpath.display(), String::from_utf8_lossy(name)),
-                source: e,
-            })?;
-        }
-        if self.user_opaque && is_dir && trusted_opaque && !user_opaque {
-            dst.set(b"user.overlay.opaque", b"y")
-                .map_err(io_error("marking opaque", dpath))?;
-        }
-        Ok(())
-    }
-
-    /// Copy `size` bytes, skipping holes (SEEK_DATA/SEEK_HOLE), with
-    /// copy_file_range where the kernel can (same filesystem type) and
-    /// pread/pwrite otherwise.
-    fn copy_data(&mut self, src: &OwnedFd, dst: &OwnedFd, size: u64) -> io::Result<()> {
-        let mut pos = 0;
-        while pos < size {
-            let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
-                Ok(d) => d,
-                Err(Errno::NXIO) => break,
-                Err(e) => return Err(e.into()),
-            };
-            if data >= size {
-                break;
-            }
-            let hole = rustix::fs::seek(src, SeekFrom::Hole(data))
-                .unwrap_or(size)
-                .min(size);
-            if hole <= data {
-                break;
-            }
-            self.copy_range(src, dst, data, hole)?;
-            pos = hole;
-        }
-        rustix::fs::ftruncate(dst, size)?;
-        Ok(())
-    }
-
-    fn copy_range(&mut self, src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
-        let (mut i, mut o) = (start, start);
-        while i < end {
-            let len = usize::try_from(end - i).unwrap_or(usize::MAX).min(1 << 30);
-            match rustix::fs::copy_file_range(src, Some(&mut i), dst, Some(&mut o), len) {
-                Ok(0) => return Ok(()), // the file shrank under us
-                Ok(_) => {}
-                Err(Errno::INTR) => {}
-                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                    return self.copy_range_rw(src, dst, i, end);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    fn copy_range_rw(
-        &mut self,
-        src: &OwnedFd,
-        dst: &OwnedFd,
-        mut pos: u64,
-        end: u64,
-    ) -> io::Result<()> {
-        self.buf.resize(256 * 1024, 0);
-        while pos < end {
-            let want = usize::try_from(end - pos)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = match rustix::io::pread(src, &mut self.buf[..want], pos) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let mut done = 0;
-            while done < n {
-                match rustix::io::pwrite(dst, &self.buf[done..n], pos + done as u64) {
-                    Ok(w) => done += w,
-                    Err(Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            pos += n as u64;
-        }
-        Ok(())
-    }
-}
-
-fn changed(path: &Path) -> SnapshotError {
-    SnapshotError::InvalidArgument(format!(
-        "{} changed while being copied (is the sandbox frozen?)",
-        path.display()
-    ))
-}
-
-fn device(path: &Path) -> SnapshotError {
-    SnapshotError::InvalidArgument(format!(
-        "{} is a device node; a layer may hold only whiteouts (character devices 0/0)",
-        path.display()
-    ))
+    Copier::new(Xattrs::Layer { user_opaque: false }).copy(src_upper, dst)
 }
 
 #[cfg(test)]

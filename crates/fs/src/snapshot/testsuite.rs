@@ -21,14 +21,17 @@
 //! Cases that mount need root. Like every privileged test in hull they skip
 //! with a message when not root, and fail when `HULL_TEST_PRIVILEGED=1`.
 //! The others (metadata rules, labels, walk, keys, concurrency) run
-//! anywhere.
+//! anywhere, unless opening the backend's store needs root
+//! ([`Backend::open_needs_root`]).
 //!
 //! `crash_recovery` and `killed_at_random` prove crash consistency with
 //! real deaths: they re-run the test binary (the case's own libtest name,
 //! `--exact`) as a child process that opens the same store and is SIGKILLed
 //! at a named [`crash`] point, or at a random instant, and then check that
 //! the reopened store shows no half-made snapshot and that its root holds
-//! exactly the files it held before. The child sees
+//! exactly the files it held before (listed once the store is closed, or,
+//! for a backend with a `close` hook, whose files may be on an image that
+//! `close` unmounts, just before closing it). The child sees
 //! `HULL_SNAPSHOT_SUITE_CHILD`; `Backend::test` must be the case's libtest
 //! name for that (the macro sees to it).
 //!
@@ -64,6 +67,9 @@ pub struct Backend {
     /// hold something beyond the store's life (a loop-mounted image):
     /// release it here so the case can check nothing is left mounted.
     pub close: Option<fn(&Path)>,
+    /// Opening a store needs root (it mounts a loop-backed image), so
+    /// every case does.
+    pub open_needs_root: bool,
     /// The running test's libtest name (`module::case`), for re-running it
     /// as a child process.
     pub test: String,
@@ -80,10 +86,12 @@ pub fn test_path(module_path: &str, case: &str) -> String {
 
 /// Generate one `#[test]` per conformance case, in a module named after the
 /// backend: `snapshot_conformance!(name, scratch = EXPR, open = FN)`, with
-/// an optional `close = FN` (see [`Backend::close`]).
+/// an optional `close = FN` (see [`Backend::close`]) and then an optional
+/// `open_needs_root = BOOL` (see [`Backend::open_needs_root`]).
 #[macro_export]
 macro_rules! snapshot_conformance {
-    ($name:ident, scratch = $scratch:expr, open = $open:expr $(, close = $close:expr)? $(,)?) => {
+    ($name:ident, scratch = $scratch:expr, open = $open:expr $(, close = $close:expr)?
+     $(, open_needs_root = $root:expr)? $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
@@ -94,6 +102,7 @@ macro_rules! snapshot_conformance {
                     scratch: ::std::path::PathBuf::from($scratch),
                     open: $open,
                     close: $crate::snapshot_conformance!(@close $($close)?),
+                    open_needs_root: $crate::snapshot_conformance!(@root $($root)?),
                     test: $crate::snapshot::testsuite::test_path(module_path!(), case),
                 }
             }
@@ -120,6 +129,8 @@ macro_rules! snapshot_conformance {
     };
     (@close) => { None };
     (@close $close:expr) => { Some($close) };
+    (@root) => { false };
+    (@root $root:expr) => { $root };
     (@cases $($case:ident),* $(,)?) => {
         $(
             #[test]
@@ -241,6 +252,40 @@ impl Ctx<'_> {
         self.s().commit(name, &key, &none()).unwrap();
     }
 
+    /// The tree of committed `name` from its [`Snapshotter::layers`],
+    /// stacked the way the runtime stacks them (overlayfs, lower layers only).
+    pub fn layers_tree(&self, name: &str, detail: Detail) -> Tree {
+        let dirs = self.s().layers(name).unwrap();
+        assert!(!dirs.is_empty(), "{name} has no layers");
+        let m = if dirs.len() == 1 {
+            Mount {
+                fstype: "bind".into(),
+                source: dirs[0].to_string_lossy().into_owned(),
+                options: vec!["bind".into(), "ro".into()],
+            }
+        } else {
+            let lower: Vec<String> = dirs
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect();
+            Mount {
+                fstype: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    "ro".into(),
+                    "userxattr".into(),
+                    format!("lowerdir={}", lower.join(":")),
+                ],
+            }
+        };
+        let key = format!(
+            "{name}.layers{}",
+            self.views.fetch_add(1, Ordering::Relaxed)
+        );
+        let mnt = self.mount(&[m], &key);
+        tree(mnt.path(), detail)
+    }
+
     /// The tree seen through a (temporary) view of `name`.
     pub fn view_tree(&self, name: &str, detail: Detail) -> Tree {
         let key = format!("{name}.view{}", self.views.fetch_add(1, Ordering::Relaxed));
@@ -260,7 +305,7 @@ enum Needs {
 }
 
 fn run(b: &Backend, needs: Needs, body: impl FnOnce(&mut Ctx)) {
-    if matches!(needs, Needs::Root) && !privileged(&b.test) {
+    if (matches!(needs, Needs::Root) || b.open_needs_root) && !privileged(&b.test) {
         return;
     }
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -488,6 +533,24 @@ fn listing(root: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Close the store and list its root ([`listing`]). A backend with a
+/// `close` hook may keep its files on something `close` releases (a
+/// loop-mounted image), so its root is listed just before closing; the
+/// store is open (and recovered) then, which changes no files.
+fn closed_listing(ctx: &mut Ctx) -> BTreeSet<String> {
+    if ctx.b.close.is_some() {
+        if ctx.store.is_none() {
+            ctx.reopen();
+        }
+        let l = listing(&ctx.root);
+        ctx.close();
+        l
+    } else {
+        ctx.close();
+        listing(&ctx.root)
+    }
+}
+
 fn write(p: &Path, data: &[u8]) {
     if let Some(d) = p.parent() {
         fs::create_dir_all(d).unwrap();
@@ -694,12 +757,26 @@ pub fn deletions_and_opaque_dirs(b: &Backend) {
                 &format!("view of {name}"),
             );
         }
+        // Stacking `layers` gives the same trees; an active or view
+        // snapshot has no layers.
+        for (i, t) in want.iter().enumerate() {
+            let name = format!("c{}", i + 1);
+            assert_trees_eq(
+                &ctx.layers_tree(&name, Detail::Content),
+                t,
+                &format!("layers of {name}"),
+            );
+        }
         let t3 = &want[2];
         assert!(!t3.contains_key("/op/y") && !t3.contains_key("/op/deeper"));
         assert!(!t3.contains_key("/a"));
         // An active snapshot on top sees the same, and can delete and
         // re-create names that exist only below it.
         ctx.in_active("top", Some("c3"), |d| {
+            assert!(matches!(
+                s.layers("top"),
+                Err(SnapshotError::WrongKind { .. })
+            ));
             assert_trees_eq(&tree(d, Detail::Content), t3, "active over c3");
             fs::remove_file(d.join("op/new")).unwrap();
             assert!(!d.join("op/new").exists());
@@ -1359,8 +1436,7 @@ pub fn crash_recovery(b: &Backend) {
         ctx.commit_layer("base", None, |d| write(&d.join("f"), b"base"));
         make_upper(&ctx.dir, 8, 4096);
         let base_tree = ctx.view_tree("base", Detail::Content);
-        ctx.close();
-        let clean = listing(&ctx.root);
+        let clean = closed_listing(ctx);
         let killed = |ctx: &mut Ctx, op: &str, point: &str| {
             ctx.close();
             let out = wait_child(
@@ -1382,9 +1458,8 @@ pub fn crash_recovery(b: &Backend) {
             killed(ctx, op, point);
             assert_not_found(ctx.s().stat("x"), &format!("{op} killed at {point}"));
             assert_eq!(ctx.s().walk().unwrap().len(), 1, "{op} at {point}");
-            ctx.close();
             assert_eq!(
-                listing(&ctx.root),
+                closed_listing(ctx),
                 clean,
                 "{op} killed at {point} left files behind"
             );
@@ -1395,8 +1470,7 @@ pub fn crash_recovery(b: &Backend) {
         ctx.in_active("x-active", Some("base"), |d| {
             write(&d.join("mine"), b"mine")
         });
-        ctx.close();
-        let with_active = listing(&ctx.root);
+        let with_active = closed_listing(ctx);
         killed(ctx, "commit", crash::COMMITTING);
         assert_eq!(ctx.s().stat("x-active").unwrap().kind, Kind::Active);
         assert_not_found(
@@ -1407,9 +1481,8 @@ pub fn crash_recovery(b: &Backend) {
             let mnt = ctx.mount(&ctx.s().mounts("x-active").unwrap(), "x-active");
             assert_eq!(fs::read(mnt.path().join("mine")).unwrap(), b"mine");
         }
-        ctx.close();
         assert_eq!(
-            listing(&ctx.root),
+            closed_listing(ctx),
             with_active,
             "commit killed before its transaction"
         );
@@ -1429,9 +1502,8 @@ pub fn crash_recovery(b: &Backend) {
         );
         assert_eq!(got.get("/f"), base_tree.get("/f"));
         ctx.s().remove("x-committed").unwrap();
-        ctx.close();
         assert_eq!(
-            listing(&ctx.root),
+            closed_listing(ctx),
             clean,
             "after removing the commit killed half-way"
         );
@@ -1441,9 +1513,8 @@ pub fn crash_recovery(b: &Backend) {
         ctx.s().prepare("x", Some("base"), &none()).unwrap();
         killed(ctx, "remove", crash::REMOVED);
         assert_not_found(ctx.s().stat("x"), "remove killed after its transaction");
-        ctx.close();
         assert_eq!(
-            listing(&ctx.root),
+            closed_listing(ctx),
             clean,
             "remove killed half-way left files behind"
         );
@@ -1474,8 +1545,7 @@ pub fn killed_at_random(b: &Backend) {
         let reference = ctx.view_tree("reference", Detail::Content);
         let base = ctx.view_tree("base", Detail::Content);
         ctx.s().remove("reference").unwrap();
-        ctx.close();
-        let clean = listing(&ctx.root);
+        let clean = closed_listing(ctx);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -1541,9 +1611,8 @@ pub fn killed_at_random(b: &Backend) {
                 ctx.s().remove(&l.key).unwrap();
             }
         }
-        ctx.close();
         assert_eq!(
-            listing(&ctx.root),
+            closed_listing(ctx),
             clean,
             "files left after removing everything"
         );
