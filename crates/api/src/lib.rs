@@ -238,6 +238,83 @@ pub struct CreateSandbox {
     /// Default working directory for processes.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Start from this snapshot (id or name) instead of a template's
+    /// pristine files; `template` is then the snapshot's template (naming
+    /// another one is an error).
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// An immutable point-in-time capture of a sandbox's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    /// A lowercase DNS label, like sandbox ids.
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The template whose files lie under the snapshot's layers.
+    pub template: String,
+    /// The snapshot this one was taken on top of (the sandbox's own base).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// The sandbox it was taken from (it may be gone since).
+    pub sandbox: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Disk used by this snapshot's own layers (not its parent's), bytes.
+    pub size_bytes: u64,
+    /// The store backend holding it (`overlay` or `btrfs`).
+    pub backend: String,
+}
+
+/// `GET /v1/snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `POST /v1/sandboxes/{id}/snapshot`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// A unique name (a DNS label), usable wherever the id is.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/sandboxes/{id}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Snapshot id or name; it must be of the sandbox's template.
+    pub snapshot: String,
+}
+
+/// `POST /v1/snapshots/{id}/fork`: `n` sandboxes from one snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fork {
+    /// How many sandboxes (1 to 1024).
+    pub n: u32,
+    /// `rollout` or `session`; as for create.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    /// Labels every new sandbox gets.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The answer to a fork: the new sandboxes, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkResult {
+    pub sandboxes: Vec<Sandbox>,
 }
 
 /// A recorded event in a sandbox's life.
@@ -288,6 +365,10 @@ pub struct Sandbox {
     pub error: Option<String>,
     #[serde(default)]
     pub events: Vec<SandboxEvent>,
+    /// The snapshot the sandbox's files were born from (after a rollback,
+    /// the one it rolled back to); absent for a template's pristine files.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 /// `GET /v1/sandboxes`.

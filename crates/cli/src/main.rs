@@ -129,6 +129,39 @@ enum Cmd {
     Ps { id: String },
     /// What this host supports.
     Info,
+    /// Snapshot a sandbox (`hull snapshot ID [--name N]` prints the new id),
+    /// or manage snapshots (`ls`, `inspect`, `rm`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Snapshot {
+        #[command(subcommand)]
+        cmd: Option<SnapshotCmd>,
+        /// The sandbox to snapshot (id or name).
+        #[arg(required = true)]
+        id: Option<String>,
+        /// A unique name for the snapshot, usable wherever its id is.
+        #[arg(long)]
+        name: Option<String>,
+        /// key=value (repeatable).
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+    },
+    /// Replace a sandbox's files with a snapshot's; its processes restart.
+    Rollback { id: String, snapshot: String },
+    /// Start N sandboxes from a snapshot; prints their ids, one per line.
+    Fork {
+        snapshot: String,
+        #[arg(short = 'n', default_value_t = 1)]
+        n: u32,
+        /// rollout (TTL 30 s) or session.
+        #[arg(long)]
+        profile: Option<String>,
+        /// key=value for every new sandbox (repeatable).
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+        /// Lifetime of each, e.g. 10m.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
     /// Daemon-wide operations.
     System {
         #[command(subcommand)]
@@ -148,6 +181,23 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum SnapshotCmd {
+    /// List snapshots.
+    Ls {
+        /// Only snapshots with this label (key=value, repeatable).
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+    },
+    /// Show a snapshot as JSON.
+    Inspect { id: String },
+    /// Delete snapshots (refused while sandboxes or other snapshots depend on one).
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum SystemCmd {
     /// Destroy every sandbox and remove everything this daemon made on the host.
     Reset {
@@ -159,9 +209,12 @@ enum SystemCmd {
 
 #[derive(Args, Clone, Default)]
 struct SandboxOpts {
-    /// Template [default: host].
+    /// Template [default: host, or the snapshot's with --from].
     #[arg(long)]
     template: Option<String>,
+    /// Start from this snapshot (id or name) instead of a template.
+    #[arg(long)]
+    from: Option<String>,
     /// rollout (TTL 30 s) or session (TTL 40 min, extended by activity).
     #[arg(long)]
     profile: Option<String>,
@@ -232,15 +285,117 @@ fn seconds(s: &str, what: &str) -> anyhow::Result<u64> {
     Ok(secs.ceil() as u64)
 }
 
+fn parse_profile(p: &str) -> anyhow::Result<Profile> {
+    Profile::parse(p).ok_or_else(|| anyhow!("unknown profile {p:?}: use rollout or session"))
+}
+
+async fn snapshot_cmd(
+    client: &Client,
+    cmd: Option<SnapshotCmd>,
+    id: Option<String>,
+    name: Option<String>,
+    labels: Vec<String>,
+    json_out: bool,
+) -> anyhow::Result<Outcome> {
+    let snap_path = |id: &str| format!("/v1/snapshots/{}", enc(id));
+    match cmd {
+        None => {
+            let id = id.ok_or_else(|| anyhow!("name the sandbox to snapshot"))?;
+            let req = CreateSnapshot {
+                name,
+                labels: kv(&labels, "label")?,
+            };
+            let s: Snapshot = client
+                .call(Method::POST, &sb_path(&id, "/snapshot"), Some(&req))
+                .await?;
+            if json_out {
+                print_json(&s);
+            } else {
+                println!("{}", s.id);
+            }
+        }
+        Some(SnapshotCmd::Ls { labels }) => {
+            let q: Vec<String> = labels.iter().map(|l| format!("label={}", enc(l))).collect();
+            let path = if q.is_empty() {
+                "/v1/snapshots".to_string()
+            } else {
+                format!("/v1/snapshots?{}", q.join("&"))
+            };
+            let list: SnapshotList = client.call(Method::GET, &path, None::<&()>).await?;
+            if json_out {
+                print_json(&list);
+            } else {
+                println!(
+                    "{:<13} {:<16} {:<10} {:<13} {:<13} {:>10}  AGE",
+                    "ID", "NAME", "TEMPLATE", "PARENT", "SANDBOX", "SIZE"
+                );
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                for s in list.snapshots {
+                    println!(
+                        "{:<13} {:<16} {:<10} {:<13} {:<13} {:>10}  {}",
+                        s.id,
+                        s.name.as_deref().unwrap_or("-"),
+                        s.template,
+                        s.parent.as_deref().unwrap_or("-"),
+                        s.sandbox,
+                        human_bytes(s.size_bytes),
+                        human_age(t.saturating_sub(s.created_at)),
+                    );
+                }
+            }
+        }
+        Some(SnapshotCmd::Inspect { id }) => {
+            let s: Snapshot = client
+                .call(Method::GET, &snap_path(&id), None::<&()>)
+                .await?;
+            print_json(&s);
+        }
+        Some(SnapshotCmd::Rm { ids }) => {
+            let mut failed = false;
+            for id in ids {
+                match client
+                    .call_empty(Method::DELETE, &snap_path(&id), None::<&()>)
+                    .await
+                {
+                    Ok(()) => println!("{id}"),
+                    Err(e) => {
+                        eprintln!("hull: {}", message(&e.into()));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(Outcome::Code(125));
+            }
+        }
+    }
+    Ok(Outcome::Code(0))
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1}G", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1}M", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1}K", n as f64 / 1024.0),
+        n => format!("{n}B"),
+    }
+}
+
+fn human_age(s: u64) -> String {
+    match s {
+        s if s >= 86400 => format!("{}d", s / 86400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 impl SandboxOpts {
     fn request(&self) -> anyhow::Result<CreateSandbox> {
-        let profile = match &self.profile {
-            Some(p) => Some(
-                Profile::parse(p)
-                    .ok_or_else(|| anyhow!("unknown profile {p:?}: use rollout or session"))?,
-            ),
-            None => None,
-        };
+        let profile = self.profile.as_deref().map(parse_profile).transpose()?;
         let limits = LimitsRequest {
             memory_bytes: self
                 .memory
@@ -257,8 +412,14 @@ impl SandboxOpts {
                 .transpose()
                 .map_err(|e| anyhow!("--disk: {}", e.message))?,
         };
+        let template = match (&self.template, &self.from) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some("host".into()),
+        };
         Ok(CreateSandbox {
-            template: Some(self.template.clone().unwrap_or_else(|| "host".into())),
+            template,
+            from: self.from.clone(),
             profile,
             name: self.name.clone(),
             labels: kv(&self.labels, "label")?,
@@ -403,6 +564,57 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
                 print_json(&list);
             } else {
                 print_table(&list.sandboxes);
+            }
+            Ok(ok)
+        }
+        Cmd::Snapshot {
+            cmd,
+            id,
+            name,
+            labels,
+        } => snapshot_cmd(&client, cmd, id, name, labels, json_out).await,
+        Cmd::Rollback { id, snapshot } => {
+            let s: Sandbox = client
+                .call(
+                    Method::POST,
+                    &sb_path(&id, "/rollback"),
+                    Some(&Rollback { snapshot }),
+                )
+                .await?;
+            if json_out {
+                print_json(&s);
+            } else {
+                println!("{}", s.id);
+            }
+            Ok(ok)
+        }
+        Cmd::Fork {
+            snapshot,
+            n,
+            profile,
+            labels,
+            ttl,
+        } => {
+            let req = Fork {
+                n,
+                profile: profile.as_deref().map(parse_profile).transpose()?,
+                labels: kv(&labels, "label")?,
+                ttl_seconds: ttl.as_deref().map(|t| seconds(t, "--ttl")).transpose()?,
+                ..Default::default()
+            };
+            let r: ForkResult = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/snapshots/{}/fork", enc(&snapshot)),
+                    Some(&req),
+                )
+                .await?;
+            if json_out {
+                print_json(&r);
+            } else {
+                for s in r.sandboxes {
+                    println!("{}", s.id);
+                }
             }
             Ok(ok)
         }

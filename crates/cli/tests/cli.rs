@@ -702,3 +702,69 @@ fn serve_by_hand_and_tcp_clients() {
     drop(env);
     let _ = daemon.wait();
 }
+
+/// Snapshot, fork, create --from, rollback and snapshot ls/rm as a user
+/// types them: commands that make something print ids alone.
+#[test]
+fn snapshot_fork_rollback_commands() {
+    if !privileged("snapshot_fork_rollback_commands") {
+        return;
+    }
+    let env = Env::new();
+    let a = env
+        .ok(&["create", "--template", "busybox", "--name", "base"])
+        .trim()
+        .to_string();
+    env.ok(&["exec", "base", "--", "sh", "-c", "echo one > /f"]);
+    let snap = env.ok(&["snapshot", "base", "--name", "s1", "-l", "k=v"]);
+    let snap = snap.trim();
+    assert!(
+        snap.len() == 12 && !snap.contains(char::is_whitespace),
+        "the id alone: {snap:?}"
+    );
+    let forks = env.ok(&["fork", "s1", "-n", "3"]);
+    let ids: Vec<&str> = forks.lines().collect();
+    assert_eq!(ids.len(), 3, "{forks}");
+    for id in &ids {
+        assert_eq!(env.ok(&["exec", id, "cat", "/f"]), "one\n");
+    }
+    let from = env.ok(&["create", "--from", snap]).trim().to_string();
+    assert_eq!(env.ok(&["exec", &from, "--", "cat", "/f"]), "one\n");
+    let run = env.run(&["run", "--from", "s1", "--", "cat", "/f"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "one\n");
+    env.ok(&["exec", "base", "--", "sh", "-c", "echo two > /f"]);
+    assert_eq!(env.ok(&["rollback", "base", "s1"]).trim(), a);
+    assert_eq!(env.ok(&["exec", "base", "--", "cat", "/f"]), "one\n");
+    let ls = env.ok(&["snapshot", "ls"]);
+    assert!(ls.contains(snap) && ls.contains("s1"), "{ls}");
+    let js: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "ls", "--json", "-l", "k=v"])).unwrap();
+    assert_eq!(js["snapshots"].as_array().unwrap().len(), 1);
+    let insp: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "inspect", "s1"])).unwrap();
+    assert_eq!(insp["id"], snap);
+    // In use: refused with a message naming the users, exit 125.
+    let rm = env.run(&["snapshot", "rm", "s1"]);
+    assert_eq!(code(&rm), 125);
+    assert!(
+        String::from_utf8_lossy(&rm.stderr).contains("in use"),
+        "{rm:?}"
+    );
+    let bad = env.run(&["fork", "s1", "-n", "0"]);
+    assert_eq!(code(&bad), 125);
+    let bad = env.run(&["snapshot", "no-such-sandbox"]);
+    assert_eq!(code(&bad), 125);
+    let mut all: Vec<&str> = ids.clone();
+    all.push(&from);
+    all.push("base");
+    let mut rm = vec!["rm"];
+    rm.extend(all);
+    env.ok(&rm);
+    assert_eq!(env.ok(&["snapshot", "rm", "s1"]).trim(), "s1");
+    assert_eq!(
+        env.ok(&["snapshot", "ls", "--json"])
+            .matches("\"id\"")
+            .count(),
+        0
+    );
+}

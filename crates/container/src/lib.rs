@@ -120,6 +120,11 @@ fn getrandom_fill(b: &mut [u8]) {
 pub struct ContainerSpec {
     pub id: String,
     pub template: String,
+    /// Snapshot layers stacked over the template's layers: for each of the
+    /// template's overlays (in the template's order), host directories
+    /// holding a snapshot's files for that target, nearest first. Empty for
+    /// a sandbox born straight from its template.
+    pub snapshot_layers: Vec<Vec<PathBuf>>,
     pub limits: Limits,
     pub env: Vec<(String, String)>,
     pub user: Option<String>,
@@ -157,6 +162,8 @@ pub struct ContainerHost {
     templates: TemplateStore,
     /// Template name -> lower layer paths (idmapped mounts), prepared once.
     lowers: Mutex<HashMap<String, Vec<OverlaySpec>>>,
+    /// Snapshot layer directory -> its idmapped read-only mount.
+    layer_mounts: Mutex<HashMap<PathBuf, PathBuf>>,
     /// Whether `<state>/sandboxes` is ready (see [`RUNTIME_FS_OPTIONS`]).
     runtime_fs: Mutex<bool>,
 }
@@ -206,6 +213,7 @@ impl ContainerHost {
             cgroups,
             lowers: Mutex::new(HashMap::new()),
             runtime_fs: Mutex::new(false),
+            layer_mounts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -274,6 +282,78 @@ impl ContainerHost {
         self.state_dir.join("sandboxes").join(id)
     }
 
+    /// A read-only bind mount of one snapshot layer directory, made on first
+    /// use at `<state>/mnt/layers/<hash of the path>` (it survives daemon
+    /// restarts and is found again). Not idmapped: a layer's files keep the
+    /// host ids they had in the sandbox's writable layer (`uid_base + n`),
+    /// which the sandbox's user namespace shows as `n` again. The bind gives
+    /// init a path it may traverse, whatever the store's own permissions.
+    fn layer_mount(&self, source: &Path) -> Result<PathBuf, ContainerError> {
+        let mut cache = self.layer_mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = cache.get(source) {
+            return Ok(m.clone());
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        let mnt = self
+            .state_dir
+            .join("mnt")
+            .join("layers")
+            .join(format!("{:016x}", h.finish()));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&mnt)
+            .map_err(io_err("creating", &mnt))?;
+        if !hull_sys::mount::is_mountpoint(&mnt) {
+            use nix::mount::MsFlags;
+            let bind = |flags: MsFlags| {
+                nix::mount::mount(
+                    Some(source),
+                    &mnt,
+                    None::<&str>,
+                    MsFlags::MS_BIND | flags,
+                    None::<&str>,
+                )
+                .map_err(|e| io_err("binding a snapshot layer at", &mnt)(e.into()))
+            };
+            bind(MsFlags::empty())?;
+            bind(
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            )?;
+        }
+        cache.insert(source.to_path_buf(), mnt.clone());
+        Ok(mnt)
+    }
+
+    /// Undo [`Self::layer_mount`] for layers that are going away (a deleted
+    /// snapshot). Sandboxes still using them keep their own references.
+    pub fn release_layers(&self, sources: &[PathBuf]) {
+        let mut cache = self.layer_mounts.lock().unwrap_or_else(|e| e.into_inner());
+        for src in sources {
+            if let Some(mnt) = cache.remove(src) {
+                let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+                let _ = fs::remove_dir(&mnt);
+            }
+        }
+    }
+
+    /// Where the host reads overlay `index`'s upper directory of a running
+    /// (ideally frozen) sandbox: through the descriptor its PID 1 keeps on
+    /// the writable layer ([`hull_proto::init::RW_FD`]).
+    pub fn upper_dir(&self, c: &Container, index: usize) -> Result<PathBuf, ContainerError> {
+        let rw = PathBuf::from(format!("/proc/{}/fd/{}", c.pid, hull_proto::init::RW_FD));
+        let st = nix::sys::statfs::statfs(&rw).map_err(|e| io_err("reading", &rw)(e.into()))?;
+        if st.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+            return Err(ContainerError::Init(format!(
+                "sandbox {}: its writable layer is not where it should be",
+                c.id
+            )));
+        }
+        Ok(rw.join(format!("upper{index}")))
+    }
+
     /// Idmapped read-only mounts of a template's layers (made once per daemon
     /// state directory; they survive daemon restarts and are reused).
     fn overlays_for(&self, template: &Template) -> Result<Vec<OverlaySpec>, ContainerError> {
@@ -309,7 +389,25 @@ impl ContainerHost {
     pub fn create(&self, spec: &ContainerSpec) -> Result<Container, ContainerError> {
         self.ensure_runtime_fs()?;
         let template = self.templates.get(&spec.template)?;
-        let overlays = self.overlays_for(&template)?;
+        let mut overlays = self.overlays_for(&template)?;
+        if !spec.snapshot_layers.is_empty() {
+            if spec.snapshot_layers.len() != overlays.len() {
+                return Err(ContainerError::Init(format!(
+                    "the snapshot has {} layer sets, template {} has {} overlays",
+                    spec.snapshot_layers.len(),
+                    template.name,
+                    overlays.len()
+                )));
+            }
+            for (o, layers) in overlays.iter_mut().zip(&spec.snapshot_layers) {
+                let mut lower = Vec::with_capacity(layers.len() + o.lower.len());
+                for l in layers {
+                    lower.push(self.layer_mount(l)?);
+                }
+                lower.append(&mut o.lower);
+                o.lower = lower;
+            }
+        }
         let dir = self.sandbox_dir(&spec.id);
         let result = self.start(spec, &template, overlays, &dir);
         if result.is_err() {
@@ -567,6 +665,10 @@ impl ContainerHost {
         hull_sys::mount::unmount_all_under(&self.state_dir.join("mnt"));
         lowers.clear();
         drop(lowers);
+        self.layer_mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.release_runtime_fs();
         Ok(self.cgroups.remove_parent_if_empty()?)
     }
@@ -586,6 +688,10 @@ impl ContainerHost {
             removed.push(format!("{n} template mounts"));
         }
         self.lowers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.layer_mounts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

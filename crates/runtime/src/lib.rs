@@ -16,6 +16,7 @@
 mod exec;
 mod files;
 pub mod hostinfo;
+mod snapshots;
 pub mod state;
 pub mod store;
 
@@ -36,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 pub use exec::EXEC_OUTPUT_LIMIT;
+pub use snapshots::MAX_FORK;
 use store::{Record, Store};
 
 /// A byte stream flowing into or out of a sandbox.
@@ -97,7 +99,7 @@ impl Entry {
     fn record(&self) -> std::sync::MutexGuard<'_, Record> {
         self.record.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn snapshot(&self) -> Sandbox {
+    fn sandbox(&self) -> Sandbox {
         self.record().sandbox.clone()
     }
     fn state(&self) -> SandboxState {
@@ -149,6 +151,11 @@ pub struct Runtime {
     probe: hostinfo::Probe,
     sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The snapshot store (`<state>/snapshots`); taken away at shutdown, so
+    /// that its lock is released for the next runtime (in-process restarts).
+    snapshots: Mutex<Option<Arc<dyn hull_fs::snapshot::Snapshotter>>>,
+    /// Serialises snapshot creation and deletion (unique names, in-use checks).
+    snap_names: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -307,7 +314,18 @@ impl Runtime {
                 .map_err(container_error)?
         };
         let store = Store::open(&config.state_dir.join("hull.db")).map_err(store_error)?;
+        let snapshots = {
+            let root = config.state_dir.join("snapshots");
+            tokio::task::spawn_blocking(move || {
+                hull_fs::snapshot::overlay::OverlaySnapshotter::open(&root)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(snapshots::snapshot_error)?
+        };
         let rt = Arc::new(Runtime {
+            snapshots: Mutex::new(Some(Arc::new(snapshots))),
+            snap_names: tokio::sync::Mutex::new(()),
             probe: hostinfo::probe(),
             host: Arc::new(host),
             store,
@@ -315,6 +333,7 @@ impl Runtime {
             sandboxes: Mutex::new(HashMap::new()),
             monitor: Mutex::new(None),
         });
+        rt.snap_recover()?;
         rt.recover().await?;
         let weak = Arc::downgrade(&rt);
         let handle = tokio::spawn(async move {
@@ -525,7 +544,26 @@ impl Runtime {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
-        let template = req.template.clone().unwrap_or_else(|| "host".into());
+        let from = match &req.from {
+            Some(f) => Some(self.snap_lookup(f)?),
+            None => None,
+        };
+        if let (Some(snap), Some(t)) = (&from, &req.template)
+            && *t != snap.template
+        {
+            return Err(ApiError::invalid(format!(
+                "snapshot {} holds template {}, not {t}: leave out the template",
+                snap.id, snap.template
+            )));
+        }
+        let snapshot_layers = match &from {
+            Some(snap) => self.snap_layers(snap)?,
+            None => Vec::new(),
+        };
+        let template = match &from {
+            Some(snap) => snap.template.clone(),
+            None => req.template.clone().unwrap_or_else(|| "host".into()),
+        };
         if template.is_empty()
             || template.len() > 128
             || !template
@@ -612,6 +650,7 @@ impl Runtime {
                 workdir: req.workdir.clone(),
                 error: None,
                 events: Vec::new(),
+                snapshot: from.as_ref().map(|s| s.id.clone()),
             },
             ttl_seconds: ttl,
             start_time: 0,
@@ -639,35 +678,60 @@ impl Runtime {
             return Err(e);
         }
 
-        let spec = ContainerSpec {
-            id: id.clone(),
-            template,
-            limits,
-            env: req.env.into_iter().collect(),
-            user: req.user,
-            workdir: req.workdir,
-        };
+        let spec = self.container_spec(&entry, snapshot_layers);
+        if let Err(err) = self.start_container(&entry, spec).await {
+            let _ = self.store.delete(&id);
+            self.forget(&id);
+            return Err(err);
+        }
+        {
+            let mut r = entry.record();
+            let msg = match &r.sandbox.snapshot {
+                Some(s) => format!(
+                    "started from snapshot {s} of template {}",
+                    r.sandbox.template
+                ),
+                None => format!("started from template {}", r.sandbox.template),
+            };
+            push_event(&mut r, "created", msg);
+        }
+        if let Err(e) = self.persist(&entry) {
+            drop(_guard);
+            let _ = self.destroy(&id).await;
+            return Err(e);
+        }
+        Ok(entry.sandbox())
+    }
+
+    /// The container for a sandbox's record, over `snapshot_layers`.
+    fn container_spec(&self, e: &Entry, snapshot_layers: Vec<Vec<PathBuf>>) -> ContainerSpec {
+        let r = e.record();
+        ContainerSpec {
+            id: r.sandbox.id.clone(),
+            template: r.sandbox.template.clone(),
+            snapshot_layers,
+            limits: r.sandbox.limits,
+            env: r.sandbox.env.clone().into_iter().collect(),
+            user: r.sandbox.user.clone(),
+            workdir: r.sandbox.workdir.clone(),
+        }
+    }
+
+    /// Start the container, connect to its agent, and mark the entry
+    /// running (not persisted). On error nothing is left on the host.
+    async fn start_container(&self, entry: &Entry, spec: ContainerSpec) -> Result<(), ApiError> {
         let host = self.host.clone();
-        let started = tokio::task::spawn_blocking(move || host.create(&spec))
+        let container = tokio::task::spawn_blocking(move || host.create(&spec))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))
-            .and_then(|r| r.map_err(container_error));
-        let container = match started {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                let _ = self.store.delete(&id);
-                self.forget(&id);
-                return Err(e);
-            }
-        };
+            .and_then(|r| r.map_err(container_error))
+            .map(Arc::new)?;
         let client = match GuestClient::connect(&container.socket).await {
             Ok(c) => Arc::new(c),
             Err(err) => {
                 let host = self.host.clone();
                 let c = container.clone();
                 let _ = tokio::task::spawn_blocking(move || host.destroy(Some(&c))).await;
-                let _ = self.store.delete(&id);
-                self.forget(&id);
                 return Err(ApiError::internal(format!(
                     "sandbox started but its agent did not answer: {}",
                     error_chain(&err)
@@ -678,18 +742,12 @@ impl Runtime {
             let mut r = entry.record();
             r.sandbox.state = SandboxState::Running;
             r.sandbox.pid = Some(container.pid);
+            r.sandbox.error = None;
             r.start_time = container.start_time;
-            let msg = format!("started from template {}", r.sandbox.template);
-            push_event(&mut r, "created", msg);
         }
         entry.set_container(Some(container));
         entry.set_client(Some(client));
-        if let Err(e) = self.persist(&entry) {
-            drop(_guard);
-            let _ = self.destroy(&id).await;
-            return Err(e);
-        }
-        Ok(entry.snapshot())
+        Ok(())
     }
 
     fn forget(&self, id: &str) {
@@ -703,7 +761,7 @@ impl Runtime {
     pub async fn get(&self, id_or_name: &str) -> Result<Sandbox, ApiError> {
         let e = self.lookup(id_or_name)?;
         self.touch(&e);
-        Ok(e.snapshot())
+        Ok(e.sandbox())
     }
 
     /// All sandboxes carrying every given label.
@@ -717,7 +775,7 @@ impl Runtime {
             .collect();
         let mut out: Vec<Sandbox> = entries
             .iter()
-            .map(|e| e.snapshot())
+            .map(|e| e.sandbox())
             .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
             .collect();
         out.sort_by(|a, b| {
@@ -753,7 +811,7 @@ impl Runtime {
         }
         self.touch(&e);
         self.persist(&e)?;
-        Ok(e.snapshot())
+        Ok(e.sandbox())
     }
 
     pub async fn resume(&self, id: &str) -> Result<Sandbox, ApiError> {
@@ -780,7 +838,7 @@ impl Runtime {
         }
         self.touch(&e);
         self.persist(&e)?;
-        Ok(e.snapshot())
+        Ok(e.sandbox())
     }
 
     /// Reset the TTL to `ttl_seconds` from now (0 removes it).
@@ -813,7 +871,7 @@ impl Runtime {
         }
         self.touch(&e);
         self.persist(&e)?;
-        Ok(e.snapshot())
+        Ok(e.sandbox())
     }
 
     /// Kill a sandbox's processes and free its host resources; the record
@@ -830,7 +888,7 @@ impl Runtime {
             push_event(&mut r, "stopped", "processes killed");
         }
         self.persist(&e)?;
-        Ok(e.snapshot())
+        Ok(e.sandbox())
     }
 
     /// Move to `stopping`, persist, tear down on the host.
@@ -1013,9 +1071,14 @@ impl Runtime {
         Ok(removed)
     }
 
-    /// Stop background tasks; sandboxes keep running. When none is left,
-    /// the host-wide setup (template mounts, cgroup parent) is undone too.
+    /// Stop background tasks and close the snapshot store; sandboxes keep
+    /// running. When none is left, the host-wide setup (template mounts,
+    /// cgroup parent) is undone too.
     pub async fn shutdown(&self) {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(h) = self
             .monitor
             .lock()

@@ -16,12 +16,9 @@ pub fn valid_transition(from: SandboxState, to: SandboxState) -> bool {
         (Stopping, Creating) | (Stopping, Running) | (Stopping, Paused) | (Stopping, Stopping) => {
             false
         }
-        (Stopped, Stopping) => true,
-        (Stopped, Creating)
-        | (Stopped, Running)
-        | (Stopped, Paused)
-        | (Stopped, Stopped)
-        | (Stopped, Failed) => false,
+        // A stopped sandbox is started again by a rollback.
+        (Stopped, Stopping) | (Stopped, Creating) => true,
+        (Stopped, Running) | (Stopped, Paused) | (Stopped, Stopped) | (Stopped, Failed) => false,
         (Failed, Stopping) => true,
         (Failed, Creating)
         | (Failed, Running)
@@ -53,7 +50,12 @@ mod tests {
     fn no_self_transitions_and_terminal_states() {
         for s in ALL {
             assert!(!valid_transition(s, s), "{s} -> {s}");
-            assert!(!valid_transition(s, Creating), "nothing re-enters creating");
+            // Only a stopped sandbox is created again (a rollback restarts it).
+            assert_eq!(
+                valid_transition(s, Creating),
+                s == Stopped,
+                "{s} -> creating"
+            );
         }
         assert!(valid_transition(Running, Paused));
         assert!(valid_transition(Paused, Running));

@@ -95,6 +95,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// Like [`Json`], but a request without a body (no content type, no or a
+/// zero length) means `T::default()`: for actions whose options are all
+/// optional (`POST .../snapshot`).
+pub struct JsonOrEmpty<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let h = req.headers();
+        let length = h
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let chunked = h.contains_key(header::TRANSFER_ENCODING);
+        if !h.contains_key(header::CONTENT_TYPE) && !chunked && length.unwrap_or(0) == 0 {
+            return Ok(JsonOrEmpty(T::default()));
+        }
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| JsonOrEmpty(v))
+    }
+}
+
 pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: T) -> Response {
     (status, axum::Json(v)).into_response()
 }

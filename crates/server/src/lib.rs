@@ -36,6 +36,7 @@ mod exec;
 mod files;
 mod openapi;
 mod sandboxes;
+mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +88,7 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
     use exec::*;
     use files::*;
     use sandboxes::*;
+    use snapshots::*;
     let state = AppState { rt, max_upload };
     let api = Router::new()
         .route("/v1/version", get(version))
@@ -115,6 +117,14 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
             "/v1/sandboxes/{id}/files/archive",
             get(archive_get).put(archive_put),
         )
+        .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
+        .route("/v1/sandboxes/{id}/rollback", post(rollback))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route(
+            "/v1/snapshots/{id}",
+            get(inspect_snapshot).delete(delete_snapshot),
+        )
+        .route("/v1/snapshots/{id}/fork", post(fork))
         .route("/v1/system/reset", post(system_reset))
         .layer(axum::middleware::from_fn_with_state(
             auth,

@@ -9,6 +9,7 @@ use utoipa::OpenApi;
 use crate::exec::*;
 use crate::files::*;
 use crate::sandboxes::*;
+use crate::snapshots::*;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +44,12 @@ use crate::sandboxes::*;
         rename,
         archive_get,
         archive_put,
+        snapshot,
+        rollback,
+        list_snapshots,
+        inspect_snapshot,
+        delete_snapshot,
+        fork,
         system_reset
     ),
     components(schemas(

@@ -96,7 +96,7 @@ pub(crate) async fn list(
     }))
 }
 
-fn url_pairs(q: &str) -> Vec<(String, String)> {
+pub(crate) fn url_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {

@@ -1059,3 +1059,132 @@ async fn unsized_files_disconnects_and_request_bounds() {
     f.rt.destroy(&sb.id).await.unwrap();
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_routes_and_bad_input() {
+    if !privileged("snapshot_routes_and_bad_input") {
+        return;
+    }
+    use hull_api::{ForkResult, Snapshot, SnapshotList};
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"template":"busybox"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let sb: Sandbox = serde_json::from_slice(&b).unwrap();
+    let exec = format!("/v1/sandboxes/{}/exec", sb.id);
+    call(&app, "POST", &exec, r#"{"cmd":["sh","-c","echo 1 > /s"]}"#).await;
+
+    // No body at all takes the defaults; a JSON body names it.
+    let snap_uri = format!("/v1/sandboxes/{}/snapshot", sb.id);
+    let (s, b) = call_with(&app, "POST", &snap_uri, &[], Body::empty()).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let plain: Snapshot = serde_json::from_slice(&b).unwrap();
+    let (s, b) = call(
+        &app,
+        "POST",
+        &snap_uri,
+        r#"{"name":"s1","labels":{"k":"v"}}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let s1: Snapshot = serde_json::from_slice(&b).unwrap();
+    assert_eq!(
+        (s1.name.as_deref(), s1.backend.as_str()),
+        (Some("s1"), "overlay")
+    );
+    for (body, kind) in [
+        (r#"{"name":"s1"}"#, "conflict"),
+        (r#"{"name":"Not A Label"}"#, "invalid_argument"),
+        (r#"{"nmae":"typo"}"#, "invalid_argument"),
+        (r#"{"name":"#, "invalid_argument"),
+    ] {
+        let (s, b) = call(&app, "POST", &snap_uri, body).await;
+        assert_eq!(error_kind(&b), kind, "{body}: {s}");
+    }
+    let (s, b) = call(&app, "POST", "/v1/sandboxes/nope/snapshot", "{}").await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    // List, filter, inspect by id and by name.
+    let (_, b) = call(&app, "GET", "/v1/snapshots", Body::empty()).await;
+    let list: SnapshotList = serde_json::from_slice(&b).unwrap();
+    assert_eq!(list.snapshots.len(), 2);
+    let (_, b) = call(&app, "GET", "/v1/snapshots?label=k%3Dv", Body::empty()).await;
+    let list: SnapshotList = serde_json::from_slice(&b).unwrap();
+    assert_eq!(list.snapshots.len(), 1);
+    for q in ["?label=k", "?bogus=1", "?label=k%3Dv&label=k%3Dw"] {
+        let (s, _) = call(&app, "GET", &format!("/v1/snapshots{q}"), Body::empty()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}");
+    }
+    let (s, b) = call(&app, "GET", "/v1/snapshots/s1", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Snapshot>(&b).unwrap().id, s1.id);
+    for id in ["nope", "..%2F..%2Fetc", "%00"] {
+        let (s, _) = call(&app, "GET", &format!("/v1/snapshots/{id}"), Body::empty()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{id}");
+    }
+
+    // Fork, create --from, rollback.
+    let (s, b) = call(&app, "POST", "/v1/snapshots/s1/fork", r#"{"n":3}"#).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let forks: ForkResult = serde_json::from_slice(&b).unwrap();
+    assert_eq!(forks.sandboxes.len(), 3);
+    for body in [r#"{"n":0}"#, r#"{"n":100000}"#, r#"{}"#, r#"{"n":-1}"#] {
+        let (s, _) = call(&app, "POST", "/v1/snapshots/s1/fork", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (s, _) = call(&app, "POST", "/v1/snapshots/nope/fork", r#"{"n":1}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"from":"s1"}"#).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let child: Sandbox = serde_json::from_slice(&b).unwrap();
+    assert_eq!(child.snapshot.as_deref(), Some(s1.id.as_str()));
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/v1/sandboxes",
+        r#"{"from":"s1","template":"host"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let rb = format!("/v1/sandboxes/{}/rollback", sb.id);
+    let (s, b) = call(
+        &app,
+        "POST",
+        &rb,
+        format!(r#"{{"snapshot":"{}"}}"#, plain.id),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    for (body, status) in [
+        ("{}", StatusCode::BAD_REQUEST),
+        (r#"{"snapshot":"nope"}"#, StatusCode::NOT_FOUND),
+    ] {
+        let (s, _) = call(&app, "POST", &rb, body).await;
+        assert_eq!(s, status, "{body}");
+    }
+
+    // Delete: refused while used, then allowed.
+    let (s, b) = call(&app, "DELETE", "/v1/snapshots/s1", Body::empty()).await;
+    assert_eq!(
+        (s, error_kind(&b).as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    for sbx in forks.sandboxes.iter().chain([&child]) {
+        let (s, _) = call(
+            &app,
+            "DELETE",
+            &format!("/v1/sandboxes/{}", sbx.id),
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    let (s, _) = call(&app, "DELETE", "/v1/snapshots/s1", Body::empty()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(&app, "DELETE", "/v1/snapshots/s1", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    f.finish().await;
+}

@@ -37,6 +37,11 @@ fn openapi_is_up_to_date() {
         ("/v1/sandboxes/{id}/files/mkdir", &["post"]),
         ("/v1/sandboxes/{id}/files/rename", &["post"]),
         ("/v1/sandboxes/{id}/files/archive", &["get", "put"]),
+        ("/v1/sandboxes/{id}/snapshot", &["post"]),
+        ("/v1/sandboxes/{id}/rollback", &["post"]),
+        ("/v1/snapshots", &["get"]),
+        ("/v1/snapshots/{id}", &["get", "delete"]),
+        ("/v1/snapshots/{id}/fork", &["post"]),
         ("/v1/system/reset", &["post"]),
     ];
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -1,0 +1,480 @@
+//! Snapshots of sandboxes: capture, list, delete, create-from, fork and
+//! rollback, over the snapshot store (`hull_fs::snapshot`).
+//!
+//! A sandbox's files are its template's read-only layers, then (when it was
+//! born from a snapshot) that snapshot's layers, then its private writable
+//! layer (a tmpfs). A snapshot freezes the sandbox, copies each overlay's
+//! writable layer into the store as a committed snapshot whose parent is
+//! the matching part of the sandbox's own base snapshot, and thaws it: the
+//! cost is O(bytes changed since the base), the sandbox keeps running.
+//!
+//! One hull snapshot is one store snapshot per overlay of its template
+//! ("parts": one for `busybox`, one per host directory for `host`), keyed
+//! `<id>.<n>`. Part 0 carries the snapshot's metadata as labels (`hull.*`,
+//! user labels as `label.<k>`) and is marked `hull.complete` last, so a
+//! daemon killed mid-snapshot leaves an incomplete group that the next
+//! start removes; nothing half-made is ever listed.
+//!
+//! Limits: the writable layer stays a tmpfs (its pages count against the
+//! sandbox's memory limit); a snapshot holds files only, not processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hull_api::{
+    ApiError, CreateSandbox, CreateSnapshot, ErrorKind, Fork, Sandbox, SandboxState, Snapshot,
+    validate_dns_label,
+};
+use hull_fs::snapshot::{LabelChanges, Labels, SnapshotError, Snapshotter};
+
+use crate::{Runtime, container_error, error_chain, new_id, now, push_event, state};
+
+/// Most sandboxes one fork makes.
+pub const MAX_FORK: u32 = 1024;
+
+const L_ID: &str = "hull.id";
+const L_NAME: &str = "hull.name";
+const L_TEMPLATE: &str = "hull.template";
+const L_PARENT: &str = "hull.parent";
+const L_SANDBOX: &str = "hull.sandbox";
+const L_PARTS: &str = "hull.parts";
+const L_CREATED: &str = "hull.created";
+const L_COMPLETE: &str = "hull.complete";
+const L_USER: &str = "label.";
+
+pub(crate) fn snapshot_error(e: SnapshotError) -> ApiError {
+    let kind = e.kind();
+    let msg = error_chain(&e);
+    match kind {
+        ErrorKind::Internal => ApiError::internal(msg),
+        k => ApiError::new(k, msg),
+    }
+}
+
+fn part_key(id: &str, n: usize) -> String {
+    format!("{id}.{n}")
+}
+
+/// A snapshot as the runtime knows it (from part 0's labels).
+#[derive(Debug, Clone)]
+pub(crate) struct SnapRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub template: String,
+    pub parent: Option<String>,
+    pub sandbox: String,
+    pub created_at: u64,
+    pub labels: BTreeMap<String, String>,
+    pub parts: usize,
+}
+
+impl SnapRecord {
+    fn from_labels(labels: &Labels) -> Option<SnapRecord> {
+        if labels.get(L_COMPLETE).map(String::as_str) != Some("1") {
+            return None;
+        }
+        Some(SnapRecord {
+            id: labels.get(L_ID)?.clone(),
+            name: labels.get(L_NAME).cloned(),
+            template: labels.get(L_TEMPLATE)?.clone(),
+            parent: labels.get(L_PARENT).cloned(),
+            sandbox: labels.get(L_SANDBOX).cloned().unwrap_or_default(),
+            created_at: labels.get(L_CREATED)?.parse().ok()?,
+            labels: labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(L_USER)?.to_string(), v.clone())))
+                .collect(),
+            parts: labels.get(L_PARTS)?.parse().ok()?,
+        })
+    }
+}
+
+impl Runtime {
+    fn store(&self) -> Result<Arc<dyn Snapshotter>, ApiError> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| ApiError::unavailable("the daemon is shutting down"))
+    }
+
+    /// Every complete snapshot.
+    pub(crate) fn snap_records(&self) -> Result<Vec<SnapRecord>, ApiError> {
+        let all = self.store()?.walk().map_err(snapshot_error)?;
+        Ok(all
+            .iter()
+            .filter(|i| i.key.ends_with(".0"))
+            .filter_map(|i| SnapRecord::from_labels(&i.labels))
+            .collect())
+    }
+
+    /// Find a snapshot by id or name.
+    pub(crate) fn snap_lookup(&self, id_or_name: &str) -> Result<SnapRecord, ApiError> {
+        if id_or_name.is_empty() || id_or_name.len() > 63 {
+            return Err(ApiError::not_found(format!("no snapshot {id_or_name:?}")));
+        }
+        self.snap_records()?
+            .into_iter()
+            .find(|r| r.id == id_or_name || r.name.as_deref() == Some(id_or_name))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no snapshot with id or name {id_or_name:?}"))
+            })
+    }
+
+    /// The layer directories of each part of `snap`, for a new container.
+    pub(crate) fn snap_layers(&self, snap: &SnapRecord) -> Result<Vec<Vec<PathBuf>>, ApiError> {
+        let store = self.store()?;
+        (0..snap.parts)
+            .map(|n| store.layers(&part_key(&snap.id, n)).map_err(snapshot_error))
+            .collect()
+    }
+
+    fn to_api(&self, r: &SnapRecord) -> Snapshot {
+        let store = self.store().ok();
+        let size_bytes = (0..r.parts)
+            .filter_map(|n| store.as_ref()?.usage(&part_key(&r.id, n)).ok())
+            .map(|u| u.bytes)
+            .sum();
+        let backend = store.as_ref().map(|s| s.backend()).unwrap_or("closed");
+        Snapshot {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            template: r.template.clone(),
+            parent: r.parent.clone(),
+            sandbox: r.sandbox.clone(),
+            created_at: r.created_at,
+            labels: r.labels.clone(),
+            size_bytes,
+            backend: backend.into(),
+        }
+    }
+
+    /// Remove the parts of snapshots a killed daemon left incomplete.
+    pub(crate) fn snap_recover(&self) -> Result<(), ApiError> {
+        let store = self.store()?;
+        let all = store.walk().map_err(snapshot_error)?;
+        let complete: Vec<String> = all
+            .iter()
+            .filter(|i| i.key.ends_with(".0"))
+            .filter_map(|i| SnapRecord::from_labels(&i.labels))
+            .map(|r| r.id)
+            .collect();
+        for info in all {
+            let id = info.labels.get(L_ID).cloned().unwrap_or_default();
+            if !complete.contains(&id) {
+                tracing::info!(key = %info.key, "removing part of an incomplete snapshot");
+                store.remove(&info.key).map_err(snapshot_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Capture a running (or paused) sandbox's files; it keeps running.
+    pub async fn snapshot(&self, id: &str, req: CreateSnapshot) -> Result<Snapshot, ApiError> {
+        if let Some(n) = &req.name {
+            validate_dns_label("snapshot name", n)?;
+        }
+        crate::validate_labels(&req.labels)?;
+        let e = self.lookup(id)?;
+        let _g = e.lifecycle.lock().await;
+        let (sid_sandbox, state, template, base) = {
+            let r = e.record();
+            (
+                r.sandbox.id.clone(),
+                r.sandbox.state,
+                r.sandbox.template.clone(),
+                r.sandbox.snapshot.clone(),
+            )
+        };
+        if !matches!(state, SandboxState::Running | SandboxState::Paused) {
+            return Err(ApiError::conflict(state::refusal(
+                &sid_sandbox,
+                state,
+                "snapshot",
+            )));
+        }
+        let _names = self.snap_names.lock().await;
+        if let Some(n) = &req.name
+            && self
+                .snap_records()?
+                .iter()
+                .any(|r| r.name.as_deref() == Some(n))
+        {
+            return Err(ApiError::conflict(format!(
+                "a snapshot named {n:?} already exists"
+            )));
+        }
+        let container = e.container().ok_or_else(|| {
+            ApiError::conflict(format!("sandbox {sid_sandbox} has no running processes"))
+        })?;
+        let parts = self
+            .host
+            .templates()
+            .get(&template)
+            .map_err(|e| container_error(e.into()))?
+            .layers
+            .len();
+        let parent = match &base {
+            Some(b) => Some(self.snap_lookup(b).map_err(|_| {
+                ApiError::internal(format!(
+                    "sandbox {sid_sandbox} was born from snapshot {b}, which is gone"
+                ))
+            })?),
+            None => None,
+        };
+        if let Some(p) = &parent
+            && p.parts != parts
+        {
+            return Err(ApiError::internal(format!(
+                "snapshot {} has {} parts, template {template} {parts}",
+                p.id, p.parts
+            )));
+        }
+        let sid = new_id();
+        let created = now();
+        let mut meta: Labels = BTreeMap::new();
+        meta.insert(L_ID.into(), sid.clone());
+        meta.insert(L_TEMPLATE.into(), template.clone());
+        meta.insert(L_SANDBOX.into(), sid_sandbox.clone());
+        meta.insert(L_PARTS.into(), parts.to_string());
+        meta.insert(L_CREATED.into(), created.to_string());
+        if let Some(n) = &req.name {
+            meta.insert(L_NAME.into(), n.clone());
+        }
+        if let Some(p) = &parent {
+            meta.insert(L_PARENT.into(), p.id.clone());
+        }
+        for (k, v) in &req.labels {
+            meta.insert(format!("{L_USER}{k}"), v.clone());
+        }
+        let store = self.store()?;
+        let host = self.host.clone();
+        let was_running = state == SandboxState::Running;
+        let (sid2, parent_id) = (sid.clone(), parent.as_ref().map(|p| p.id.clone()));
+        let result = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+            if was_running {
+                host.freeze(&container.id).map_err(container_error)?;
+            }
+            let copied = (|| {
+                for n in 0..parts {
+                    let upper = host.upper_dir(&container, n).map_err(container_error)?;
+                    let labels = if n == 0 {
+                        meta.clone()
+                    } else {
+                        BTreeMap::from([(L_ID.to_string(), sid2.clone())])
+                    };
+                    let parent_key = parent_id.as_ref().map(|p| part_key(p, n));
+                    store
+                        .commit_from_dir(
+                            &part_key(&sid2, n),
+                            parent_key.as_deref(),
+                            &upper,
+                            &labels,
+                        )
+                        .map_err(snapshot_error)?;
+                }
+                Ok(())
+            })();
+            if was_running {
+                let _ = host.thaw(&container.id);
+            }
+            copied?;
+            let done: LabelChanges = BTreeMap::from([(L_COMPLETE.into(), Some("1".into()))]);
+            store
+                .update_labels(&part_key(&sid2, 0), &done)
+                .map_err(snapshot_error)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(err) = result {
+            let store = self.store()?;
+            for n in 0..parts {
+                let _ = store.remove(&part_key(&sid, n));
+            }
+            return Err(err);
+        }
+        self.touch(&e);
+        let r = self.snap_lookup(&sid)?;
+        Ok(self.to_api(&r))
+    }
+
+    pub async fn list_snapshots(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Snapshot>, ApiError> {
+        let mut v: Vec<Snapshot> = self
+            .snap_records()?
+            .iter()
+            .filter(|r| labels.iter().all(|(k, val)| r.labels.get(k) == Some(val)))
+            .map(|r| self.to_api(r))
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    pub async fn get_snapshot(&self, id_or_name: &str) -> Result<Snapshot, ApiError> {
+        let r = self.snap_lookup(id_or_name)?;
+        Ok(self.to_api(&r))
+    }
+
+    /// Delete a snapshot nothing depends on (no sandbox born from it, no
+    /// snapshot taken on top of it).
+    pub async fn delete_snapshot(&self, id_or_name: &str) -> Result<(), ApiError> {
+        let _names = self.snap_names.lock().await;
+        let r = self.snap_lookup(id_or_name)?;
+        let users: Vec<String> = self
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| e.record().sandbox.snapshot.as_deref() == Some(r.id.as_str()))
+            .map(|e| e.id())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is in use by sandboxes {}: remove them (or roll them back to another snapshot) first",
+                r.id,
+                users.join(", ")
+            )));
+        }
+        let children: Vec<String> = self
+            .snap_records()?
+            .into_iter()
+            .filter(|c| c.parent.as_deref() == Some(r.id.as_str()))
+            .map(|c| c.id)
+            .collect();
+        if !children.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} has snapshots taken on top of it: {}; delete those first",
+                r.id,
+                children.join(", ")
+            )));
+        }
+        let store = self.store()?;
+        let own: Vec<PathBuf> = (0..r.parts)
+            .filter_map(|n| store.layers(&part_key(&r.id, n)).ok())
+            .filter_map(|l| l.into_iter().next())
+            .collect();
+        self.host.release_layers(&own);
+        // Unmark part 0 first: a crash from here on leaves an incomplete
+        // group that the next start removes, never a listed snapshot with
+        // parts missing.
+        let undone: LabelChanges = BTreeMap::from([(L_COMPLETE.into(), None)]);
+        store
+            .update_labels(&part_key(&r.id, 0), &undone)
+            .map_err(snapshot_error)?;
+        for n in 0..r.parts {
+            store.remove(&part_key(&r.id, n)).map_err(snapshot_error)?;
+        }
+        Ok(())
+    }
+
+    /// `n` new sandboxes from one snapshot.
+    pub async fn fork(&self, id_or_name: &str, req: Fork) -> Result<Vec<Sandbox>, ApiError> {
+        if req.n == 0 || req.n > MAX_FORK {
+            return Err(ApiError::invalid(format!(
+                "n must be 1 to {MAX_FORK} (got {})",
+                req.n
+            )));
+        }
+        let snap = self.snap_lookup(id_or_name)?;
+        let mut made: Vec<Sandbox> = Vec::with_capacity(req.n as usize);
+        for _ in 0..req.n {
+            let r = self
+                .create(CreateSandbox {
+                    from: Some(snap.id.clone()),
+                    profile: req.profile,
+                    labels: req.labels.clone(),
+                    limits: req.limits,
+                    ttl_seconds: req.ttl_seconds,
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(s) => made.push(s),
+                Err(err) => {
+                    // All or nothing.
+                    for s in &made {
+                        let _ = self.destroy(&s.id).await;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Replace a sandbox's files with a snapshot's: its processes are
+    /// killed and its PID 1 restarted over the snapshot (same id, name,
+    /// limits, labels and TTL).
+    pub async fn rollback(&self, id: &str, snapshot: &str) -> Result<Sandbox, ApiError> {
+        let snap = self.snap_lookup(snapshot)?;
+        let e = self.lookup(id)?;
+        let _g = e.lifecycle.lock().await;
+        let (sid, st, template) = {
+            let r = e.record();
+            (
+                r.sandbox.id.clone(),
+                r.sandbox.state,
+                r.sandbox.template.clone(),
+            )
+        };
+        if template != snap.template {
+            return Err(ApiError::invalid(format!(
+                "snapshot {} holds template {}, sandbox {sid} template {template}",
+                snap.id, snap.template
+            )));
+        }
+        if st == SandboxState::Creating || st == SandboxState::Stopping {
+            return Err(ApiError::conflict(state::refusal(&sid, st, "roll back")));
+        }
+        let layers = self.snap_layers(&snap)?;
+        if st != SandboxState::Stopped {
+            self.teardown(&e).await?;
+            e.record().sandbox.state = SandboxState::Stopped;
+        }
+        debug_assert!(state::valid_transition(
+            SandboxState::Stopped,
+            SandboxState::Creating
+        ));
+        {
+            let mut r = e.record();
+            r.sandbox.state = SandboxState::Creating;
+            r.sandbox.pid = None;
+            r.sandbox.snapshot = Some(snap.id.clone());
+        }
+        self.persist(&e)?;
+        let spec = self.container_spec(&e, layers);
+        let started = self.start_container(&e, spec).await;
+        if let Err(err) = started {
+            {
+                let mut r = e.record();
+                r.sandbox.state = SandboxState::Failed;
+                r.sandbox.error = Some(err.message.clone());
+                push_event(
+                    &mut r,
+                    "guest_lost",
+                    format!("rollback failed: {}", err.message),
+                );
+            }
+            let _ = self.persist(&e);
+            return Err(err);
+        }
+        {
+            let mut r = e.record();
+            push_event(
+                &mut r,
+                "rolled_back",
+                format!(
+                    "files replaced by snapshot {}; processes restarted",
+                    snap.id
+                ),
+            );
+        }
+        self.persist(&e)?;
+        self.touch(&e);
+        Ok(e.sandbox())
+    }
+}

@@ -1,0 +1,295 @@
+//! Snapshots through the runtime: capture a running sandbox, create and
+//! fork from it, roll back, delete, and the refusals around them.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Kit, privileged};
+use hull_api::{CreateSandbox, CreateSnapshot, ErrorKind, Fork, SandboxState};
+
+async fn snap(kit: &Kit, id: &str, name: Option<&str>) -> hull_api::Snapshot {
+    kit.rt
+        .snapshot(
+            id,
+            CreateSnapshot {
+                name: name.map(str::to_string),
+                labels: BTreeMap::from([("step".to_string(), "1".to_string())]),
+            },
+        )
+        .await
+        .expect("snapshot")
+}
+
+async fn from(kit: &Kit, snapshot: &str) -> hull_api::Sandbox {
+    kit.rt
+        .create(CreateSandbox {
+            from: Some(snapshot.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create from snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_create_fork_rollback_delete() {
+    if !privileged("snapshot_create_fork_rollback_delete") {
+        return;
+    }
+    let kit = Kit::new().await;
+    let a = kit.create("busybox").await;
+    let r = kit
+        .sh(
+            &a.id,
+            "echo v1 > /tmp/f; rm /etc/hosts; mkdir -p /data/deep; echo d > /data/deep/x; \
+             ln -s /data/deep/x /link; echo ok",
+        )
+        .await;
+    assert_eq!(r.stdout, "ok\n", "{r:?}");
+    let s1 = snap(&kit, &a.id, Some("first")).await;
+    assert_eq!(
+        (
+            s1.template.as_str(),
+            s1.parent.as_deref(),
+            s1.sandbox.as_str()
+        ),
+        ("busybox", None, a.id.as_str())
+    );
+    assert_eq!(s1.labels.get("step").map(String::as_str), Some("1"));
+    // The sandbox keeps running and keeps changing.
+    let r = kit
+        .sh(&a.id, "echo v2 > /tmp/f; rm /data/deep/x; cat /tmp/f")
+        .await;
+    assert_eq!(r.stdout, "v2\n");
+
+    // A sandbox from the snapshot sees the snapshot's files, not later ones.
+    let b = from(&kit, "first").await;
+    assert_eq!(b.snapshot.as_deref(), Some(s1.id.as_str()));
+    assert_eq!(b.template, "busybox");
+    let r = kit
+        .sh(
+            &b.id,
+            "cat /tmp/f /data/deep/x; readlink /link; [ -e /etc/hosts ] && echo hosts-back; echo end",
+        )
+        .await;
+    assert_eq!(r.stdout, "v1\nd\n/data/deep/x\nend\n", "{r:?}");
+    // A snapshot of b has s1 as parent, and holds b's changes on top.
+    kit.sh(&b.id, "echo b > /tmp/b").await;
+    let s2 = snap(&kit, &b.id, None).await;
+    assert_eq!(s2.parent.as_deref(), Some(s1.id.as_str()));
+    let c = from(&kit, &s2.id).await;
+    let r = kit.sh(&c.id, "cat /tmp/f /tmp/b /data/deep/x").await;
+    assert_eq!(r.stdout, "v1\nb\nd\n", "{r:?}");
+
+    // Fork: n sandboxes, private copy-on-write files.
+    let forks = kit
+        .rt
+        .fork(
+            &s1.id,
+            Fork {
+                n: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(forks.len(), 5);
+    for (i, f) in forks.iter().enumerate() {
+        let r = kit
+            .sh(&f.id, &format!("echo {i} > /tmp/f; cat /tmp/f"))
+            .await;
+        assert_eq!(r.stdout, format!("{i}\n"));
+    }
+    for (i, f) in forks.iter().enumerate() {
+        let r = kit.sh(&f.id, "cat /tmp/f").await;
+        assert_eq!(r.stdout, format!("{i}\n"), "forks share nothing writable");
+    }
+    for bad in [0, hull_runtime::MAX_FORK + 1] {
+        let e = kit
+            .rt
+            .fork(
+                &s1.id,
+                Fork {
+                    n: bad,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e:?}");
+    }
+
+    // Rollback: files replaced, processes restarted, identity kept.
+    let r = kit.sh(&a.id, "sleep 1000 & echo started").await;
+    assert_eq!(r.stdout, "started\n");
+    let before = kit.rt.get(&a.id).await.unwrap();
+    let rolled = kit.rt.rollback(&a.id, &s1.id).await.unwrap();
+    assert_eq!(rolled.id, a.id);
+    assert_eq!(rolled.state, SandboxState::Running);
+    assert_eq!(rolled.snapshot.as_deref(), Some(s1.id.as_str()));
+    assert_ne!(rolled.pid, before.pid, "PID 1 restarted");
+    assert!(rolled.events.iter().any(|e| e.kind == "rolled_back"));
+    let r = kit
+        .sh(
+            &a.id,
+            "cat /tmp/f /data/deep/x; pgrep sleep || echo no-sleep",
+        )
+        .await;
+    assert_eq!(r.stdout, "v1\nd\nno-sleep\n", "{r:?}");
+
+    // Refusals.
+    let e = kit.rt.delete_snapshot(&s1.id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "in use: {e:?}");
+    for f in &forks {
+        kit.rt.destroy(&f.id).await.unwrap();
+    }
+    kit.rt.destroy(&a.id).await.unwrap();
+    kit.rt.destroy(&b.id).await.unwrap();
+    let e = kit.rt.delete_snapshot(&s1.id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "children and c: {e:?}");
+    kit.rt.destroy(&c.id).await.unwrap();
+    let e = kit.rt.delete_snapshot("first").await.unwrap_err();
+    assert!(e.message.contains(&s2.id), "names the child: {e:?}");
+    kit.rt.delete_snapshot(&s2.id).await.unwrap();
+    kit.rt.delete_snapshot("first").await.unwrap();
+    assert!(
+        kit.rt
+            .list_snapshots(&BTreeMap::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for missing in ["first", "nope", "", "../x"] {
+        let e = kit.rt.get_snapshot(missing).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{missing:?}");
+        let e = kit.rt.delete_snapshot(missing).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{missing:?}");
+    }
+    kit.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_states_names_and_templates() {
+    if !privileged("snapshot_states_names_and_templates") {
+        return;
+    }
+    let kit = Kit::new().await;
+    let a = kit.create("busybox").await;
+    kit.sh(&a.id, "echo x > /x").await;
+    // Paused: the snapshot is taken and the sandbox stays paused.
+    kit.rt.pause(&a.id).await.unwrap();
+    let s = snap(&kit, &a.id, Some("paused-one")).await;
+    assert_eq!(kit.rt.get(&a.id).await.unwrap().state, SandboxState::Paused);
+    kit.rt.resume(&a.id).await.unwrap();
+    // Names are unique DNS labels.
+    let dup = kit
+        .rt
+        .snapshot(
+            &a.id,
+            CreateSnapshot {
+                name: Some("paused-one".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(dup.kind, ErrorKind::Conflict);
+    for bad in ["Bad", "-x", "a/b", ""] {
+        let e = kit
+            .rt
+            .snapshot(
+                &a.id,
+                CreateSnapshot {
+                    name: Some(bad.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument, "{bad:?}");
+    }
+    let e = kit
+        .rt
+        .snapshot("no-such-sandbox", CreateSnapshot::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    // Stopped: nothing to capture.
+    kit.rt.stop(&a.id).await.unwrap();
+    let e = kit
+        .rt
+        .snapshot(&a.id, CreateSnapshot::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    // ... but it can be rolled back, which starts it again.
+    let r = kit.rt.rollback(&a.id, &s.id).await.unwrap();
+    assert_eq!(r.state, SandboxState::Running);
+    assert_eq!(kit.sh(&a.id, "cat /x").await.stdout, "x\n");
+    // Templates must match.
+    let h = kit.create("host").await;
+    let e = kit.rt.rollback(&h.id, &s.id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e:?}");
+    let e = kit
+        .rt
+        .create(CreateSandbox {
+            from: Some(s.id.clone()),
+            template: Some("host".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e:?}");
+    let e = kit
+        .rt
+        .create(CreateSandbox {
+            from: Some("no-such-snapshot".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    // The host template: one part per overlay (/ and the host's /usr).
+    let r = kit
+        .sh(
+            &h.id,
+            "echo u > /usr/local/hull-test; echo r > /root/r; echo ok",
+        )
+        .await;
+    assert_eq!(r.stdout, "ok\n", "{r:?}");
+    let hs = snap(&kit, &h.id, None).await;
+    let h2 = from(&kit, &hs.id).await;
+    let r = kit
+        .sh(
+            &h2.id,
+            "cat /usr/local/hull-test /root/r; python3 -c 'print(6*7)'",
+        )
+        .await;
+    assert_eq!(r.stdout, "u\nr\n42\n", "{r:?}");
+    assert!(
+        !std::path::Path::new("/usr/local/hull-test").exists(),
+        "nothing written to the host's /usr"
+    );
+    // Labels filter the list.
+    let only = kit
+        .rt
+        .list_snapshots(&BTreeMap::from([("step".into(), "1".into())]))
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 2);
+    let none = kit
+        .rt
+        .list_snapshots(&BTreeMap::from([("step".into(), "2".into())]))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // Snapshots survive a daemon restart; sandboxes born from them too.
+    let mut kit = kit;
+    kit.restart().await;
+    assert_eq!(kit.rt.get_snapshot(&hs.id).await.unwrap().id, hs.id);
+    let r = kit.sh(&h2.id, "cat /root/r").await;
+    assert_eq!(r.stdout, "r\n");
+    let h3 = from(&kit, &hs.id).await;
+    assert_eq!(kit.sh(&h3.id, "cat /root/r").await.stdout, "r\n");
+    kit.finish().await;
+}
