@@ -293,3 +293,60 @@ async fn snapshot_states_names_and_templates() {
     assert_eq!(kit.sh(&h3.id, "cat /root/r").await.stdout, "r\n");
     kit.finish().await;
 }
+
+/// A daemon killed in the middle of a snapshot leaves store layers of an
+/// incomplete group: the next start removes them, and never lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_snapshots_are_removed_on_start() {
+    if !privileged("incomplete_snapshots_are_removed_on_start") {
+        return;
+    }
+    use hull_fs::snapshot::Snapshotter;
+    use hull_fs::snapshot::overlay::OverlaySnapshotter;
+    let mut kit = Kit::new().await;
+    let a = kit.create("busybox").await;
+    kit.sh(&a.id, "echo kept > /k").await;
+    let kept = snap(&kit, &a.id, Some("kept")).await;
+    kit.rt.destroy(&a.id).await.unwrap();
+    // What a killed daemon leaves: part 0 of a two-part snapshot, committed
+    // but never marked complete, and a lone part 1 of another.
+    kit.rt.shutdown().await;
+    {
+        let store = OverlaySnapshotter::open(&kit.dir.path().join("snapshots")).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("half"), "x").unwrap();
+        let labels = |id: &str| {
+            BTreeMap::from([
+                ("hull.id".to_string(), id.to_string()),
+                ("hull.template".to_string(), "busybox".to_string()),
+                ("hull.parts".to_string(), "2".to_string()),
+                ("hull.created".to_string(), "1".to_string()),
+            ])
+        };
+        store
+            .commit_from_dir("halfmade0001.0", None, src.path(), &labels("halfmade0001"))
+            .unwrap();
+        store
+            .commit_from_dir("halfmade0002.1", None, src.path(), &labels("halfmade0002"))
+            .unwrap();
+        assert_eq!(store.walk().unwrap().len(), 3);
+    }
+    kit.restart().await;
+    let list = kit.rt.list_snapshots(&BTreeMap::new()).await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].id, kept.id);
+    for gone in ["halfmade0001", "halfmade0002"] {
+        let e = kit.rt.get_snapshot(gone).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+    }
+    kit.rt.shutdown().await;
+    {
+        let store = OverlaySnapshotter::open(&kit.dir.path().join("snapshots")).unwrap();
+        let keys: Vec<String> = store.walk().unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, vec![format!("{}.0", kept.id)]);
+    }
+    kit.restart().await;
+    let b = from(&kit, "kept").await;
+    assert_eq!(kit.sh(&b.id, "cat /k").await.stdout, "kept\n");
+    kit.finish().await;
+}
