@@ -26,15 +26,19 @@ pub struct BenchArgs {
     /// Skip the bwrap and crun peers.
     #[arg(long)]
     pub no_peers: bool,
+    /// Measure snapshots instead: snapshot with 10 and 100 MiB changed
+    /// (against `cp -a`), fork 100, rollback, create from a snapshot.
+    #[arg(long)]
+    pub snapshots: bool,
 }
 
-struct Stats {
+pub(crate) struct Stats {
     p50: f64,
     p99: f64,
     mean: f64,
 }
 
-fn stats(mut v: Vec<Duration>) -> Stats {
+pub(crate) fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let at = |q: f64| ms(v[((v.len() as f64 - 1.0) * q).round() as usize]);
@@ -93,7 +97,7 @@ async fn destroy(client: &Client, id: &str) -> anyhow::Result<()> {
         .await?)
 }
 
-fn line(name: &str, s: &Stats, base: Option<&Stats>) {
+pub(crate) fn line(name: &str, s: &Stats, base: Option<&Stats>) {
     let ratio = base
         .map(|b| format!("{:>6.2}x", s.p50 / b.p50))
         .unwrap_or_else(|| "      -".into());
@@ -105,6 +109,9 @@ fn line(name: &str, s: &Stats, base: Option<&Stats>) {
 
 pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.n >= 1, "-n must be at least 1");
+    if a.snapshots {
+        return crate::bench_snapshots::run(client, a.n, &a.template).await;
+    }
     let info: hull_api::HostInfo = client.call(Method::GET, "/v1/info", None::<&()>).await?;
     println!(
         "hull bench: {} iterations, template {}, kernel {}, {} CPUs, cgroups {}",

@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_peers;
+mod bench_snapshots;
 mod client;
 mod cp;
 mod daemon;
