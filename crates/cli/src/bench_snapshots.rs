@@ -15,7 +15,9 @@ use crate::bench::{Stats, line, stats};
 use crate::client::Client;
 
 async fn create(client: &Client, req: &CreateSandbox) -> anyhow::Result<Sandbox> {
-    Ok(client.call(Method::POST, "/v1/sandboxes", Some(req)).await?)
+    Ok(client
+        .call(Method::POST, "/v1/sandboxes", Some(req))
+        .await?)
 }
 
 async fn sh(client: &Client, id: &str, script: &str) -> anyhow::Result<()> {
@@ -24,7 +26,11 @@ async fn sh(client: &Client, id: &str, script: &str) -> anyhow::Result<()> {
         ..Default::default()
     };
     let r: ExecResult = client
-        .call(Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(&req))
+        .call(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(&req),
+        )
         .await?;
     anyhow::ensure!(r.exit_code == Some(0), "{script}: {r:?}");
     Ok(())
@@ -146,7 +152,11 @@ pub async fn run(client: &Client, n: usize, template: &str) -> anyhow::Result<()
             destroy(client, &s.id).await?;
         }
     }
-    rows.push(("fork 100 + exec true in each (total)".into(), stats(fork_total), None));
+    rows.push((
+        "fork 100 + exec true in each (total)".into(),
+        stats(fork_total),
+        None,
+    ));
 
     eprintln!("rollback ({n}x) and create from a snapshot vs from the template ({n}x)...");
     let mut rb = Vec::with_capacity(n);
