@@ -350,3 +350,58 @@ async fn incomplete_snapshots_are_removed_on_start() {
     assert_eq!(kit.sh(&b.id, "cat /k").await.stdout, "kept\n");
     kit.finish().await;
 }
+
+/// Snapshots taken while a process writes, two of them at once: each is one
+/// instant of the sandbox (the writer updates `a` then `b` in a loop, so any
+/// instant has a == b or a == b + 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_during_writes_are_consistent() {
+    if !privileged("snapshots_during_writes_are_consistent") {
+        return;
+    }
+    let kit = Kit::new().await;
+    let a = kit.create("busybox").await;
+    let r = kit
+        .sh(
+            &a.id,
+            "(i=0; while true; do i=$((i+1)); echo $i > /a; echo $i > /b; \
+              head -c 65536 /dev/zero > /blob$((i % 20)); done) >/dev/null 2>&1 & echo started",
+        )
+        .await;
+    assert_eq!(r.stdout, "started\n");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut snaps = Vec::new();
+    for _ in 0..3 {
+        let (x, y) = tokio::join!(
+            kit.rt.snapshot(&a.id, CreateSnapshot::default()),
+            kit.rt.snapshot(&a.id, CreateSnapshot::default())
+        );
+        snaps.push(x.unwrap());
+        snaps.push(y.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for s in &snaps {
+        let b = from(&kit, &s.id).await;
+        let r = kit.sh(&b.id, "cat /a /b").await;
+        let v: Vec<u64> = r
+            .stdout
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{r:?}");
+        assert!(
+            v[0] == v[1] || v[0] == v[1] + 1,
+            "snapshot {} is not one instant: a={} b={}",
+            s.id,
+            v[0],
+            v[1]
+        );
+        kit.rt.destroy(&b.id).await.unwrap();
+    }
+    // The writer kept running through all of it.
+    let before = kit.sh(&a.id, "cat /b").await.stdout;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let after = kit.sh(&a.id, "cat /b").await.stdout;
+    assert_ne!(before, after, "the sandbox keeps running");
+    kit.finish().await;
+}
