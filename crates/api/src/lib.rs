@@ -618,6 +618,9 @@ pub struct HostInfo {
     pub tcg: bool,
     /// Host uid/gid range sandbox root maps to.
     pub uid_range: String,
+    /// The snapshot store: backend and where it is.
+    #[serde(default)]
+    pub snapshot_store: String,
     pub templates: Vec<TemplateInfo>,
     pub sandboxes: usize,
     pub defaults: Limits,

@@ -810,6 +810,7 @@ fn print_info(i: &HostInfo) {
     println!("kvm:              {} ({})", i.kvm, i.kvm_note);
     println!("qemu tcg:         {}", i.tcg);
     println!("uid range:        {}", i.uid_range);
+    println!("snapshot store:   {}", i.snapshot_store);
     println!("sandboxes:        {}", i.sandboxes);
     println!(
         "defaults:         memory {} cpus {} pids {} disk {}",

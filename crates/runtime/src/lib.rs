@@ -154,8 +154,11 @@ pub struct Runtime {
     /// The snapshot store (`<state>/snapshots`); taken away at shutdown, so
     /// that its lock is released for the next runtime (in-process restarts).
     snapshots: Mutex<Option<Arc<dyn hull_fs::snapshot::Snapshotter>>>,
-    /// Serialises snapshot creation and deletion (unique names, in-use checks).
-    snap_names: tokio::sync::Mutex<()>,
+    /// Snapshot creation and deletion take it for writing (unique names,
+    /// in-use checks); creating a sandbox from a snapshot takes it for
+    /// reading, so a snapshot cannot vanish between the lookup of its
+    /// layers and the new sandbox's record naming it.
+    snap_lock: tokio::sync::RwLock<()>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -325,7 +328,7 @@ impl Runtime {
         };
         let rt = Arc::new(Runtime {
             snapshots: Mutex::new(Some(Arc::new(snapshots))),
-            snap_names: tokio::sync::Mutex::new(()),
+            snap_lock: tokio::sync::RwLock::new(()),
             probe: hostinfo::probe(),
             host: Arc::new(host),
             store,
@@ -522,6 +525,19 @@ impl Runtime {
                 self.host.instance().uid_base,
                 self.host.instance().uid_base + hull_container::ID_RANGE - 1
             ),
+            snapshot_store: match self
+                .snapshots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                Some(s) => format!(
+                    "{} at {}",
+                    s.backend(),
+                    self.config.state_dir.join("snapshots").display()
+                ),
+                None => "closed (the daemon is shutting down)".into(),
+            },
             templates: self
                 .host
                 .templates()
@@ -544,6 +560,10 @@ impl Runtime {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+        let _snap_guard = match &req.from {
+            Some(_) => Some(self.snap_lock.read().await),
+            None => None,
+        };
         let from = match &req.from {
             Some(f) => Some(self.snap_lookup(f)?),
             None => None,

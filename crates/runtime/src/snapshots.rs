@@ -176,6 +176,8 @@ impl Runtime {
             validate_dns_label("snapshot name", n)?;
         }
         crate::validate_labels(&req.labels)?;
+        // Lock order everywhere: the snapshot lock, then a sandbox's lock.
+        let _names = self.snap_lock.write().await;
         let e = self.lookup(id)?;
         let _g = e.lifecycle.lock().await;
         let (sid_sandbox, state, template, base) = {
@@ -194,7 +196,6 @@ impl Runtime {
                 "snapshot",
             )));
         }
-        let _names = self.snap_names.lock().await;
         if let Some(n) = &req.name
             && self
                 .snap_records()?
@@ -322,7 +323,7 @@ impl Runtime {
     /// Delete a snapshot nothing depends on (no sandbox born from it, no
     /// snapshot taken on top of it).
     pub async fn delete_snapshot(&self, id_or_name: &str) -> Result<(), ApiError> {
-        let _names = self.snap_names.lock().await;
+        let _names = self.snap_lock.write().await;
         let r = self.snap_lookup(id_or_name)?;
         let users: Vec<String> = self
             .sandboxes
@@ -410,6 +411,7 @@ impl Runtime {
     /// killed and its PID 1 restarted over the snapshot (same id, name,
     /// limits, labels and TTL).
     pub async fn rollback(&self, id: &str, snapshot: &str) -> Result<Sandbox, ApiError> {
+        let _snap_guard = self.snap_lock.read().await;
         let snap = self.snap_lookup(snapshot)?;
         let e = self.lookup(id)?;
         let _g = e.lifecycle.lock().await;

@@ -68,21 +68,19 @@
 //!   back some seconds after `remove`.
 //! - The root's path may hold any byte; the mounts are bind mounts.
 
-use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hull_sys::btrfs::{self, BtrfsError};
 use nix::errno::Errno;
-use nix::fcntl::Flock;
 
-use super::files::{apply_upper, lock_root, make_dirs, tree_usage, unique_name};
-use super::meta::{MetaStore, Record};
+use super::files::{apply_upper, unique_name};
+use super::meta::Record;
+use super::store_dir::{Storage, StoreDir, measure};
 use super::{
     Info, Kind, LabelChanges, Labels, Mount, SnapshotError, Snapshotter, Usage, crash, io_error,
-    validate_key, validate_labels,
 };
 
 /// Deepest directory nesting `commit_from_dir` copies and `usage` walks.
@@ -90,16 +88,45 @@ pub use super::files::MAX_DEPTH;
 
 /// The `btrfs` snapshotter. See the module documentation.
 pub struct BtrfsSnapshotter {
-    root: PathBuf,
-    meta: MetaStore,
-    _lock: Flock<File>,
+    store: StoreDir<Subvolumes>,
 }
 
 impl std::fmt::Debug for BtrfsSnapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BtrfsSnapshotter")
-            .field("root", &self.root)
+            .field("root", &self.store.root())
             .finish()
+    }
+}
+
+/// Snapshot storage as btrfs subvolumes, read-only unless active.
+struct Subvolumes;
+
+impl Storage for Subvolumes {
+    const STAGED: &'static str = "subvolume";
+    const SNAPSHOT: &'static str = "snapshot";
+
+    fn remove(path: &Path) -> Result<(), SnapshotError> {
+        remove_any(path)
+    }
+
+    fn remove_if_exists(path: &Path) -> Result<(), SnapshotError> {
+        remove_any(path)
+    }
+
+    fn repair(id: i64, kind: Kind, dir: &Path) -> Result<(), SnapshotError> {
+        if !btrfs::is_subvolume(dir).unwrap_or(false) {
+            // Only a power failure can do this (metadata durable, the
+            // subvolume not): mounts of this snapshot will fail, loudly.
+            tracing::error!(id, dir = %dir.display(), "snapshot subvolume is missing");
+            return Ok(());
+        }
+        let readonly = kind != Kind::Active;
+        if btrfs::is_readonly(dir)? != readonly {
+            tracing::info!(id, readonly, dir = %dir.display(), "setting a snapshot's read-only flag from its kind");
+            btrfs::set_readonly(dir, readonly)?;
+        }
+        Ok(())
     }
 }
 
@@ -110,110 +137,47 @@ impl BtrfsSnapshotter {
     /// another process has it open.
     pub fn open(root: &Path) -> Result<Self, SnapshotError> {
         let existed = root.exists();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io_error("creating", root))?;
-        let root = root.canonicalize().map_err(io_error("resolving", root))?;
-        if let Err(e) = check_btrfs(&root) {
-            if !existed {
-                let _ = fs::remove_dir(&root);
-            }
-            return Err(e);
-        }
-        let lock = lock_root(&root)?;
-        make_dirs(&root, &["snapshots", "tmp"])?;
-        let meta = MetaStore::open(&root.join("metadata.db"))?;
-        let s = Self {
-            root,
-            meta,
-            _lock: lock,
+        let check = |root: &Path| {
+            check_btrfs(root).inspect_err(|_| {
+                if !existed {
+                    let _ = fs::remove_dir(root);
+                }
+            })
         };
-        s.recover()?;
-        Ok(s)
+        Ok(Self {
+            store: StoreDir::open(root, check)?,
+        })
     }
 
     /// The store's root directory (canonical).
     pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn dir(&self, id: i64) -> PathBuf {
-        self.root.join("snapshots").join(id.to_string())
-    }
-
-    fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// Make the files agree with the metadata (see [`Self::open`]).
-    fn recover(&self) -> Result<(), SnapshotError> {
-        let tmp = self.tmp();
-        for entry in fs::read_dir(&tmp).map_err(io_error("listing", &tmp))? {
-            let entry = entry.map_err(io_error("listing", &tmp))?;
-            remove_any(&entry.path())?;
-        }
-        let known: HashMap<i64, Kind> = self
-            .meta
-            .read()?
-            .list()?
-            .into_iter()
-            .map(|r| (r.id, r.info.kind))
-            .collect();
-        let snapshots = self.root.join("snapshots");
-        for entry in fs::read_dir(&snapshots).map_err(io_error("listing", &snapshots))? {
-            let entry = entry.map_err(io_error("listing", &snapshots))?;
-            let id = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i64>().ok());
-            if !id.is_some_and(|id| known.contains_key(&id)) {
-                tracing::info!(path = %entry.path().display(), "removing a snapshot the metadata doesn't know");
-                remove_any(&entry.path())?;
-            }
-        }
-        for (id, kind) in known {
-            let dir = self.dir(id);
-            if !btrfs::is_subvolume(&dir).unwrap_or(false) {
-                // Only a power failure can do this (metadata durable, the
-                // subvolume not): mounts of this snapshot will fail, loudly.
-                tracing::error!(id, dir = %dir.display(), "snapshot subvolume is missing");
-                continue;
-            }
-            let readonly = kind != Kind::Active;
-            if btrfs::is_readonly(&dir)? != readonly {
-                tracing::info!(id, readonly, dir = %dir.display(), "setting a snapshot's read-only flag from its kind");
-                btrfs::set_readonly(&dir, readonly)?;
-            }
-        }
-        Ok(())
+        self.store.root()
     }
 
     /// A new writable subvolume `tmp/<name>`: a snapshot of snapshot
     /// `parent`'s subvolume, or empty (mode 0755). Deleted again unless
     /// placed.
     fn stage(&self, name: &str, parent: Option<i64>) -> Result<Staging, SnapshotError> {
-        let tmp = self.tmp();
-        let path = tmp.join(name);
-        remove_any(&path)?;
-        match parent {
-            Some(p) => btrfs::snapshot(&self.dir(p), &tmp, name, false)?,
-            None => {
-                btrfs::create_subvolume(&tmp, name)?;
-                // 0755 whatever the process's umask.
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                    .map_err(io_error("setting the mode of", &path))?;
+        let tmp = self.store.tmp();
+        self.store.stage(name, |path| {
+            match parent {
+                Some(p) => btrfs::snapshot(&self.store.dir(p), &tmp, name, false)?,
+                None => {
+                    btrfs::create_subvolume(&tmp, name)?;
+                    // 0755 whatever the process's umask.
+                    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+                        .map_err(io_error("setting the mode of", path))?;
+                }
             }
-        }
-        Ok(Staging { path, armed: true })
+            Ok(())
+        })
     }
 
     fn mounts_for(&self, kind: Kind, id: i64) -> Vec<Mount> {
         let mode = if kind == Kind::Active { "rw" } else { "ro" };
         vec![Mount {
             fstype: "bind".into(),
-            source: self.dir(id).to_string_lossy().into_owned(),
+            source: self.store.dir(id).to_string_lossy().into_owned(),
             options: vec!["bind".into(), mode.into()],
         }]
     }
@@ -226,27 +190,16 @@ impl BtrfsSnapshotter {
         parent: Option<&str>,
         labels: &Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        validate_key(key)?;
-        validate_labels(labels)?;
-        let tx = self.meta.write()?;
-        tx.ensure_free(key)?;
-        let parent = tx.committed_parent(parent)?;
+        let (tx, parent) = self.store.begin_new(key, parent, labels)?;
         let rec = tx.insert(key, kind, parent.as_ref(), labels)?;
         let stage = self.stage(&format!("new-{}", rec.id), parent.map(|p| p.id))?;
         crash::point(crash::STAGED);
-        let dir = self.dir(rec.id);
-        stage.place(&dir)?;
-        let placed = || -> Result<(), SnapshotError> {
+        stage.install(&self.store.dir(rec.id), tx, |dir| {
             if kind == Kind::View {
-                btrfs::set_readonly(&dir, true)?;
+                btrfs::set_readonly(dir, true)?;
             }
-            crash::point(crash::PLACED);
-            tx.commit()
-        };
-        if let Err(e) = placed() {
-            let _ = remove_any(&dir);
-            return Err(e);
-        }
+            Ok(())
+        })?;
         Ok(self.mounts_for(kind, rec.id))
     }
 
@@ -255,7 +208,7 @@ impl BtrfsSnapshotter {
     /// snapshot was being built.
     fn parent_changed(&self, key: Option<&str>, expected: Option<i64>) -> Option<SnapshotError> {
         let key = key?;
-        let now = self.meta.read().ok()?.get(key).ok()?.map(|r| r.id);
+        let now = self.store.meta.read().ok()?.get(key).ok()?.map(|r| r.id);
         (now != expected).then(|| SnapshotError::NotFound { key: key.into() })
     }
 }
@@ -293,31 +246,7 @@ pub(crate) fn fs_name(t: nix::sys::statfs::FsType) -> String {
 }
 
 /// A subvolume being built under `tmp/`; deleted on drop unless placed.
-struct Staging {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Staging {
-    /// Rename into place at `dst` (replacing leftovers of a failed attempt
-    /// that the metadata doesn't know; the caller holds the write lock).
-    fn place(mut self, dst: &Path) -> Result<(), SnapshotError> {
-        remove_any(dst)?;
-        fs::rename(&self.path, dst).map_err(io_error("renaming into place", dst))?;
-        self.armed = false;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.armed
-            && let Err(e) = remove_any(&self.path)
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "leaving a staging subvolume for the next open to remove");
-        }
-    }
-}
+type Staging = super::store_dir::Staging<Subvolumes>;
 
 /// Delete `path` if it exists, whatever it is: a subvolume (with the
 /// subvolumes made inside it), a directory tree (with any subvolumes in
@@ -433,50 +362,19 @@ impl Snapshotter for BtrfsSnapshotter {
     }
 
     fn layers(&self, key: &str) -> Result<Vec<PathBuf>, SnapshotError> {
-        validate_key(key)?;
-        let rec = self.meta.read()?.require(key)?;
-        if rec.info.kind != Kind::Committed {
-            return Err(SnapshotError::WrongKind {
-                key: key.into(),
-                kind: rec.info.kind,
-                needs: "only committed snapshots have layers",
-            });
-        }
-        Ok(vec![self.dir(rec.id)])
+        let (_, rec) = self.store.for_layers(key)?;
+        Ok(vec![self.store.dir(rec.id)])
     }
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
-        validate_key(key)?;
-        let rec = self.meta.read()?.require(key)?;
-        if rec.info.kind == Kind::Committed {
-            return Err(SnapshotError::WrongKind {
-                key: key.into(),
-                kind: rec.info.kind,
-                needs: "committed snapshots have no mounts; make a view of it",
-            });
-        }
+        let (_, rec) = self.store.for_mounts(key)?;
         Ok(self.mounts_for(rec.info.kind, rec.id))
     }
 
     fn commit(&self, name: &str, key: &str, labels: &Labels) -> Result<Info, SnapshotError> {
-        validate_key(name)?;
-        validate_key(key)?;
-        validate_labels(labels)?;
-        let tx = self.meta.write()?;
-        let rec = tx.require(key)?;
-        if rec.info.kind != Kind::Active {
-            return Err(SnapshotError::WrongKind {
-                key: key.into(),
-                kind: rec.info.kind,
-                needs: "only active snapshots can be committed",
-            });
-        }
-        if name != key {
-            tx.ensure_free(name)?;
-        }
-        let done = tx.commit_active(rec.id, name, labels)?;
+        let (tx, id, done) = self.store.begin_commit(name, key, labels)?;
         // Freeze in place: no data is copied and nothing moves.
-        let dir = self.dir(rec.id);
+        let dir = self.store.dir(id);
         btrfs::set_readonly(&dir, true)?;
         crash::point(crash::COMMITTING);
         if let Err(e) = tx.commit() {
@@ -486,7 +384,7 @@ impl Snapshotter for BtrfsSnapshotter {
             return Err(e);
         }
         crash::point(crash::COMMITTED);
-        Ok(done.info)
+        Ok(done)
     }
 
     fn commit_from_dir(
@@ -496,13 +394,10 @@ impl Snapshotter for BtrfsSnapshotter {
         upper: &Path,
         labels: &Labels,
     ) -> Result<Info, SnapshotError> {
-        validate_key(name)?;
-        validate_labels(labels)?;
         // Fail fast, before copying what may be gigabytes.
         let parent_id = {
-            let tx = self.meta.read()?;
-            tx.ensure_free(name)?;
-            tx.committed_parent(parent)?.map(|p| p.id)
+            let (_tx, parent) = self.store.check_new(name, parent, labels)?;
+            parent.map(|p| p.id)
         };
         let stage = self
             .stage(&unique_name("copy"), parent_id)
@@ -510,9 +405,7 @@ impl Snapshotter for BtrfsSnapshotter {
         apply_upper(upper, &stage.path)?;
         crash::point(crash::STAGED);
 
-        let tx = self.meta.write()?;
-        tx.ensure_free(name)?;
-        let parent_rec = tx.committed_parent(parent)?;
+        let (tx, parent_rec) = self.store.begin_new(name, parent, labels)?;
         if parent_rec.as_ref().map(|p| p.id) != parent_id {
             // Removed and made again while we copied: ours is of the old one.
             return Err(SnapshotError::NotFound {
@@ -520,49 +413,28 @@ impl Snapshotter for BtrfsSnapshotter {
             });
         }
         let rec: Record = tx.insert(name, Kind::Committed, parent_rec.as_ref(), labels)?;
-        let dir = self.dir(rec.id);
-        stage.place(&dir)?;
-        let placed = || -> Result<(), SnapshotError> {
-            btrfs::set_readonly(&dir, true)?;
-            crash::point(crash::PLACED);
-            tx.commit()
-        };
-        if let Err(e) = placed() {
-            let _ = remove_any(&dir);
-            return Err(e);
-        }
+        stage.install(&self.store.dir(rec.id), tx, |dir| {
+            Ok(btrfs::set_readonly(dir, true)?)
+        })?;
         Ok(rec.info)
     }
 
     fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
-        validate_key(key)?;
-        Ok(self.meta.read()?.require(key)?.info)
+        Ok(self.store.record(key)?.info)
     }
 
     fn update_labels(&self, key: &str, changes: &LabelChanges) -> Result<Info, SnapshotError> {
-        validate_key(key)?;
-        let tx = self.meta.write()?;
-        let rec = tx.require(key)?;
-        let rec = tx.update_labels(rec.id, changes)?;
-        tx.commit()?;
-        Ok(rec.info)
+        self.store.update_labels(key, changes)
     }
 
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
-        validate_key(key)?;
-        let rec = self.meta.read()?.require(key)?;
+        let rec = self.store.record(key)?;
         // Measured without the lock: a concurrent remove shows as NotFound.
         // The parent outlives the snapshot (the metadata sees to it).
-        let dir = self.dir(rec.id);
+        let dir = self.store.dir(rec.id);
         let gone = |dir: &Path| !dir.exists();
-        let base = rec.parent_id.map(|p| self.dir(p));
-        let mut u = tree_usage(&dir, base.as_deref()).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                SnapshotError::NotFound { key: key.into() }
-            } else {
-                io_error("measuring", &dir)(e)
-            }
-        })?;
+        let base = rec.parent_id.map(|p| self.store.dir(p));
+        let mut u = measure(key, &dir, base.as_deref())?;
         match exclusive_bytes(&dir) {
             Ok(Some(bytes)) => u.bytes = bytes,
             Ok(None) => {}
@@ -573,25 +445,12 @@ impl Snapshotter for BtrfsSnapshotter {
     }
 
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
-        Ok(self
-            .meta
-            .read()?
-            .list()?
-            .into_iter()
-            .map(|r| r.info)
-            .collect())
+        self.store.walk()
     }
 
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
-        validate_key(key)?;
-        let tx = self.meta.write()?;
-        let rec = tx.require(key)?;
-        tx.delete(&rec)?;
-        tx.commit()?;
-        crash::point(crash::REMOVED);
-        // The metadata no longer knows the id (never reused), so deleting
-        // needs no lock; what fails here is deleted by the next open.
-        if let Err(e) = remove_any(&self.dir(rec.id)) {
+        let id = self.store.forget(key)?;
+        if let Err(e) = remove_any(&self.store.dir(id)) {
             tracing::warn!(key, error = %e, "snapshot removed; its subvolume is left for the next open to delete");
         }
         Ok(())

@@ -2,8 +2,7 @@
 //! directory as a layer of its own (the `overlay` backend's
 //! [`copy_layer`](super::overlay::copy_layer)) or applying it onto a whole
 //! tree ([`apply_upper`], the `btrfs` backend's `commit_from_dir`),
-//! deleting trees, measuring a snapshot's own files ([`tree_usage`]), and
-//! the store's lock.
+//! deleting trees, and measuring a snapshot's own files ([`tree_usage`]).
 //!
 //! Every walk goes from directory handles with `openat(O_NOFOLLOW)`, so a
 //! hostile tree cannot make it follow a symlink out of itself.
@@ -15,7 +14,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -23,7 +22,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{Flock, FlockArg};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
@@ -38,42 +36,6 @@ const USER_OPAQUE: &[u8] = b"user.overlay.opaque";
 const TRUSTED_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 /// Prefixes of overlayfs's own xattrs, in both namespaces it uses.
 const OVERLAY_PREFIXES: [&[u8]; 2] = [b"user.overlay.", b"trusted.overlay."];
-
-/// Take the store's lock: an exclusive `flock` of `<root>/lock` (created if
-/// missing), held as long as the returned value lives. `Locked` if another
-/// process holds it.
-pub(super) fn lock_root(root: &Path) -> Result<Flock<File>, SnapshotError> {
-    let lock_path = root.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error("opening", &lock_path))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        if e == nix::errno::Errno::EWOULDBLOCK {
-            SnapshotError::Locked {
-                root: root.display().to_string(),
-            }
-        } else {
-            io_error("locking", &lock_path)(e.into())
-        }
-    })
-}
-
-/// Create the directories `names` (mode 0700) under `root` unless they exist.
-pub(super) fn make_dirs(root: &Path, names: &[&str]) -> Result<(), SnapshotError> {
-    for d in names {
-        let p = root.join(d);
-        match fs::DirBuilder::new().mode(0o700).create(&p) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(io_error("creating", &p)(e));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
 
 /// A name for a staging entry no other call in this process uses.
 pub(super) fn unique_name(prefix: &str) -> String {

@@ -83,6 +83,7 @@ mod files;
 pub mod meta;
 pub mod overlay;
 mod store;
+mod store_dir;
 pub mod testsuite;
 
 pub use store::{BackendChoice, ImageInfo, StoreInfo, open_auto, open_with};

@@ -47,19 +47,16 @@
 //!   lower-layer directory is refused by overlayfs (`EXDEV`; tools fall
 //!   back to copying), as `redirect_dir` is off.
 
-use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::Flock;
-
-use super::files::{Copier, Xattrs, lock_root, make_dirs, tree_usage, unique_name};
-use super::meta::{MetaStore, Record};
+use super::files::{Copier, Xattrs, unique_name};
+use super::meta::Record;
+use super::store_dir::{Storage, StoreDir, measure};
 use super::{
     Info, Kind, LabelChanges, Labels, Mount, SnapshotError, Snapshotter, Usage, crash, io_error,
-    validate_key, validate_labels,
 };
 
 /// Most layers in one chain (a snapshot and its ancestors): overlayfs
@@ -71,16 +68,41 @@ pub use super::files::MAX_DEPTH;
 
 /// The `overlay` snapshotter. See the module documentation.
 pub struct OverlaySnapshotter {
-    root: PathBuf,
-    meta: MetaStore,
-    _lock: Flock<File>,
+    store: StoreDir<Dirs>,
 }
 
 impl std::fmt::Debug for OverlaySnapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OverlaySnapshotter")
-            .field("root", &self.root)
+            .field("root", &self.store.root())
             .finish()
+    }
+}
+
+/// Snapshot storage as plain directories (`fs/`, and `work/` while active).
+struct Dirs;
+
+impl Storage for Dirs {
+    const STAGED: &'static str = "directory";
+    const SNAPSHOT: &'static str = "snapshot directory";
+
+    fn remove(path: &Path) -> Result<(), SnapshotError> {
+        remove_tree(path)
+    }
+
+    fn remove_if_exists(path: &Path) -> Result<(), SnapshotError> {
+        remove_tree_if_exists(path)
+    }
+
+    fn repair(id: i64, kind: Kind, dir: &Path) -> Result<(), SnapshotError> {
+        if !dir.join("fs").is_dir() {
+            // Only a power failure can do this (metadata durable, rename
+            // not): mounts of this snapshot will fail, loudly.
+            tracing::error!(id, dir = %dir.display(), "snapshot directory is missing");
+        } else if kind == Kind::Committed {
+            remove_tree_if_exists(&dir.join("work"))?;
+        }
+        Ok(())
     }
 }
 
@@ -91,91 +113,30 @@ impl OverlaySnapshotter {
     /// `work/` of committed snapshots. `Locked` if another process has it
     /// open.
     pub fn open(root: &Path) -> Result<Self, SnapshotError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io_error("creating", root))?;
-        let root = root.canonicalize().map_err(io_error("resolving", root))?;
-        check_root(&root)?;
-        let lock = lock_root(&root)?;
-        make_dirs(&root, &["snapshots", "tmp"])?;
-        let meta = MetaStore::open(&root.join("metadata.db"))?;
-        let s = Self {
-            root,
-            meta,
-            _lock: lock,
-        };
-        s.recover()?;
-        Ok(s)
+        Ok(Self {
+            store: StoreDir::open(root, check_root)?,
+        })
     }
 
     /// The store's root directory (canonical).
     pub fn root(&self) -> &Path {
-        &self.root
+        self.store.root()
     }
 
-    fn dir(&self, id: i64) -> PathBuf {
-        self.root.join("snapshots").join(id.to_string())
-    }
-
-    fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// Make the files agree with the metadata (see [`Self::open`]).
-    fn recover(&self) -> Result<(), SnapshotError> {
-        let tmp = self.tmp();
-        for entry in fs::read_dir(&tmp).map_err(io_error("listing", &tmp))? {
-            let entry = entry.map_err(io_error("listing", &tmp))?;
-            remove_tree(&entry.path())?;
-        }
-        let known: HashMap<i64, Kind> = self
-            .meta
-            .read()?
-            .list()?
-            .into_iter()
-            .map(|r| (r.id, r.info.kind))
-            .collect();
-        let snapshots = self.root.join("snapshots");
-        for entry in fs::read_dir(&snapshots).map_err(io_error("listing", &snapshots))? {
-            let entry = entry.map_err(io_error("listing", &snapshots))?;
-            let id = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i64>().ok());
-            if !id.is_some_and(|id| known.contains_key(&id)) {
-                tracing::info!(path = %entry.path().display(), "removing a snapshot directory the metadata doesn't know");
-                remove_tree(&entry.path())?;
-            }
-        }
-        for (id, kind) in known {
-            let dir = self.dir(id);
-            if !dir.join("fs").is_dir() {
-                // Only a power failure can do this (metadata durable, rename
-                // not): mounts of this snapshot will fail, loudly.
-                tracing::error!(id, dir = %dir.display(), "snapshot directory is missing");
-            } else if kind == Kind::Committed {
-                remove_tree_if_exists(&dir.join("work"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A new directory under `tmp/`, removed again unless placed.
+    /// A new directory under `tmp/` (mode 0700), removed again unless
+    /// placed.
     fn staging(&self, name: &str) -> Result<Staging, SnapshotError> {
-        let path = self.tmp().join(name);
-        remove_tree_if_exists(&path)?;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(io_error("creating", &path))?;
-        Ok(Staging { path, armed: true })
+        self.store.stage(name, |path| {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(path)
+                .map_err(io_error("creating", path))
+        })
     }
 
     fn fs_path(&self, id: i64) -> String {
         // The root is checked to be UTF-8 at open.
-        self.dir(id).join("fs").to_string_lossy().into_owned()
+        self.store.dir(id).join("fs").to_string_lossy().into_owned()
     }
 
     /// The mounts realising snapshot `id` of `kind` over `lowers` (row ids,
@@ -199,7 +160,10 @@ impl OverlaySnapshotter {
                     "userxattr".into(),
                     lowerdir(),
                     format!("upperdir={}", self.fs_path(id)),
-                    format!("workdir={}", self.dir(id).join("work").to_string_lossy()),
+                    format!(
+                        "workdir={}",
+                        self.store.dir(id).join("work").to_string_lossy()
+                    ),
                 ],
             }],
             (_, []) => vec![bind(self.fs_path(id), "ro")],
@@ -220,11 +184,7 @@ impl OverlaySnapshotter {
         parent: Option<&str>,
         labels: &Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        validate_key(key)?;
-        validate_labels(labels)?;
-        let tx = self.meta.write()?;
-        tx.ensure_free(key)?;
-        let parent = tx.committed_parent(parent)?;
+        let (tx, parent) = self.store.begin_new(key, parent, labels)?;
         let lowers = match &parent {
             Some(p) => chain_within_limit(&tx.chain(p.id)?, &p.info.key, kind)?,
             None => Vec::new(),
@@ -240,7 +200,7 @@ impl OverlaySnapshotter {
         if let Some(top) = lowers.first() {
             // The merged root takes its owner and mode from the upper layer:
             // make them the parent's.
-            let top = self.dir(*top).join("fs");
+            let top = self.store.dir(*top).join("fs");
             let m = fs::metadata(&top).map_err(io_error("reading", &top))?;
             std::os::unix::fs::chown(&layer, Some(m.uid()), Some(m.gid()))
                 .map_err(io_error("setting the owner of", &layer))?;
@@ -259,13 +219,7 @@ impl OverlaySnapshotter {
                 .map_err(io_error("setting the mode of", &layer))?;
         }
         crash::point(crash::STAGED);
-        let dir = self.dir(rec.id);
-        stage.place(&dir)?;
-        crash::point(crash::PLACED);
-        if let Err(e) = tx.commit() {
-            let _ = remove_tree(&dir);
-            return Err(e);
-        }
+        stage.install(&self.store.dir(rec.id), tx, |_| Ok(()))?;
         Ok(self.mounts_for(kind, rec.id, &lowers))
     }
 }
@@ -296,31 +250,7 @@ fn check_root(root: &Path) -> Result<(), SnapshotError> {
 }
 
 /// A directory being built under `tmp/`; removed on drop unless placed.
-struct Staging {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Staging {
-    /// Rename into place at `dst` (replacing leftovers of a failed attempt
-    /// that the metadata doesn't know; the caller holds the write lock).
-    fn place(mut self, dst: &Path) -> Result<(), SnapshotError> {
-        remove_tree_if_exists(dst)?;
-        fs::rename(&self.path, dst).map_err(io_error("renaming into place", dst))?;
-        self.armed = false;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.armed
-            && let Err(e) = remove_tree(&self.path)
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "leaving a staging directory for the next open to remove");
-        }
-    }
-}
+type Staging = super::store_dir::Staging<Dirs>;
 
 /// Remove a directory tree, refusing to descend into anything mounted
 /// inside it.
@@ -372,34 +302,16 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn layers(&self, key: &str) -> Result<Vec<PathBuf>, SnapshotError> {
-        validate_key(key)?;
-        let tx = self.meta.read()?;
-        let rec = tx.require(key)?;
-        if rec.info.kind != Kind::Committed {
-            return Err(SnapshotError::WrongKind {
-                key: key.into(),
-                kind: rec.info.kind,
-                needs: "only committed snapshots have layers",
-            });
-        }
+        let (tx, rec) = self.store.for_layers(key)?;
         Ok(tx
             .chain(rec.id)?
             .into_iter()
-            .map(|id| self.dir(id).join("fs"))
+            .map(|id| self.store.dir(id).join("fs"))
             .collect())
     }
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
-        validate_key(key)?;
-        let tx = self.meta.read()?;
-        let rec = tx.require(key)?;
-        if rec.info.kind == Kind::Committed {
-            return Err(SnapshotError::WrongKind {
-                key: key.into(),
-                kind: rec.info.kind,
-                needs: "committed snapshots have no mounts; make a view of it",
-            });
-        }
+        let (tx, rec) = self.store.for_mounts(key)?;
         let lowers = match rec.parent_id {
             Some(p) => tx.chain(p)?,
             None => Vec::new(),
@@ -408,31 +320,16 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str, labels: &Labels) -> Result<Info, SnapshotError> {
-        validate_key(name)?;
-        validate_key(key)?;
-        validate_labels(labels)?;
-        let tx = self.meta.write()?;
-        let rec = tx.require(key)?;
-        if rec.info.kind != Kind::Active {
-            return Err(SnapshotError::WrongKind {
-                key: key.into(),
-                kind: rec.info.kind,
-                needs: "only active snapshots can be committed",
-            });
-        }
-        if name != key {
-            tx.ensure_free(name)?;
-        }
-        let done = tx.commit_active(rec.id, name, labels)?;
+        let (tx, id, done) = self.store.begin_commit(name, key, labels)?;
         crash::point(crash::COMMITTING);
         tx.commit()?;
         crash::point(crash::COMMITTED);
         // Freeze: without a work directory the layer can't be mounted
         // writable again. A failure here is repaired by the next open.
-        if let Err(e) = remove_tree_if_exists(&self.dir(rec.id).join("work")) {
+        if let Err(e) = remove_tree_if_exists(&self.store.dir(id).join("work")) {
             tracing::warn!(key = name, error = %e, "could not drop a committed snapshot's work directory");
         }
-        Ok(done.info)
+        Ok(done)
     }
 
     fn commit_from_dir(
@@ -442,13 +339,10 @@ impl Snapshotter for OverlaySnapshotter {
         upper: &Path,
         labels: &Labels,
     ) -> Result<Info, SnapshotError> {
-        validate_key(name)?;
-        validate_labels(labels)?;
         // Fail fast, before copying what may be gigabytes.
         {
-            let tx = self.meta.read()?;
-            tx.ensure_free(name)?;
-            if let Some(p) = tx.committed_parent(parent)? {
+            let (tx, parent) = self.store.check_new(name, parent, labels)?;
+            if let Some(p) = parent {
                 chain_within_limit(&tx.chain(p.id)?, &p.info.key, Kind::Committed)?;
             }
         }
@@ -456,72 +350,37 @@ impl Snapshotter for OverlaySnapshotter {
         Copier::new(Xattrs::Layer { user_opaque: true }).copy(upper, &stage.path.join("fs"))?;
         crash::point(crash::STAGED);
 
-        let tx = self.meta.write()?;
-        tx.ensure_free(name)?;
-        let parent = tx.committed_parent(parent)?;
+        let (tx, parent) = self.store.begin_new(name, parent, labels)?;
         if let Some(p) = &parent {
             chain_within_limit(&tx.chain(p.id)?, &p.info.key, Kind::Committed)?;
         }
         let rec: Record = tx.insert(name, Kind::Committed, parent.as_ref(), labels)?;
-        let dir = self.dir(rec.id);
-        stage.place(&dir)?;
-        crash::point(crash::PLACED);
-        if let Err(e) = tx.commit() {
-            let _ = remove_tree(&dir);
-            return Err(e);
-        }
+        stage.install(&self.store.dir(rec.id), tx, |_| Ok(()))?;
         Ok(rec.info)
     }
 
     fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
-        validate_key(key)?;
-        Ok(self.meta.read()?.require(key)?.info)
+        Ok(self.store.record(key)?.info)
     }
 
     fn update_labels(&self, key: &str, changes: &LabelChanges) -> Result<Info, SnapshotError> {
-        validate_key(key)?;
-        let tx = self.meta.write()?;
-        let rec = tx.require(key)?;
-        let rec = tx.update_labels(rec.id, changes)?;
-        tx.commit()?;
-        Ok(rec.info)
+        self.store.update_labels(key, changes)
     }
 
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
-        validate_key(key)?;
-        let id = self.meta.read()?.require(key)?.id;
+        let id = self.store.record(key)?.id;
         // Walked without the lock: a concurrent remove shows as NotFound.
-        let layer = self.dir(id).join("fs");
-        tree_usage(&layer, None).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                SnapshotError::NotFound { key: key.into() }
-            } else {
-                io_error("measuring", &layer)(e)
-            }
-        })
+        measure(key, &self.store.dir(id).join("fs"), None)
     }
 
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
-        Ok(self
-            .meta
-            .read()?
-            .list()?
-            .into_iter()
-            .map(|r| r.info)
-            .collect())
+        self.store.walk()
     }
 
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
-        validate_key(key)?;
-        let tx = self.meta.write()?;
-        let rec = tx.require(key)?;
-        tx.delete(&rec)?;
-        tx.commit()?;
-        crash::point(crash::REMOVED);
-        // The metadata no longer knows the id (never reused), so deleting
-        // needs no lock; what fails here is deleted by the next open.
-        let dir = self.dir(rec.id);
-        let trash = self.tmp().join(format!("rm-{}", rec.id));
+        let id = self.store.forget(key)?;
+        let dir = self.store.dir(id);
+        let trash = self.store.tmp().join(format!("rm-{id}"));
         let r = fs::rename(&dir, &trash)
             .map_err(io_error("moving out", &dir))
             .and_then(|()| remove_tree(&trash));
@@ -560,6 +419,8 @@ pub fn copy_layer(src_upper: &Path, dst: &Path) -> Result<(), SnapshotError> {
 mod tests {
     //! Unprivileged tests: mount shapes, recovery and limits. The
     //! conformance suite (with real mounts) is in tests/snapshot_overlay.rs.
+    use std::fs::File;
+
     use super::*;
 
     fn open() -> (tempfile::TempDir, OverlaySnapshotter) {
@@ -573,7 +434,7 @@ mod tests {
     }
 
     fn id_of(s: &OverlaySnapshotter, key: &str) -> i64 {
-        s.meta.read().unwrap().require(key).unwrap().id
+        s.store.meta.read().unwrap().require(key).unwrap().id
     }
 
     #[test]
