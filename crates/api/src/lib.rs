@@ -634,6 +634,26 @@ pub struct TemplateInfo {
     /// Why it cannot be used, when unavailable.
     #[serde(default)]
     pub note: Option<String>,
+    /// For a template saved from a snapshot: that snapshot's id (its files
+    /// lie over the built-in template named in `description`).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// `GET /v1/templates`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateInfo>,
+}
+
+/// `POST /v1/templates`: make a template of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaveTemplate {
+    /// The template's name (a DNS label, not a built-in template's).
+    pub name: String,
+    /// Snapshot id or name.
+    pub snapshot: String,
 }
 
 /// Check a sandbox id or name: a lowercase DNS label (1-63 of `a-z0-9-`,

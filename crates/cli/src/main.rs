@@ -163,6 +163,12 @@ enum Cmd {
         #[arg(long)]
         ttl: Option<String>,
     },
+    /// Templates: `ls`, `save SNAPSHOT NAME` (a template made of a
+    /// snapshot), `rm NAME`.
+    Template {
+        #[command(subcommand)]
+        cmd: TemplateCmd,
+    },
     /// Daemon-wide operations.
     System {
         #[command(subcommand)]
@@ -195,6 +201,20 @@ enum SnapshotCmd {
     Rm {
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCmd {
+    /// List templates: the built-in ones and those saved from snapshots.
+    Ls,
+    /// Make a template of a snapshot: `hull create --template NAME` then
+    /// starts from that snapshot.
+    Save { snapshot: String, name: String },
+    /// Forget a saved template (its snapshot stays).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -362,6 +382,71 @@ async fn snapshot_cmd(
                     .await
                 {
                     Ok(()) => println!("{id}"),
+                    Err(e) => {
+                        eprintln!("hull: {}", message(&e.into()));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(Outcome::Code(125));
+            }
+        }
+    }
+    Ok(Outcome::Code(0))
+}
+
+async fn template_cmd(
+    client: &Client,
+    cmd: TemplateCmd,
+    json_out: bool,
+) -> anyhow::Result<Outcome> {
+    match cmd {
+        TemplateCmd::Ls => {
+            let list: TemplateList = client
+                .call(Method::GET, "/v1/templates", None::<&()>)
+                .await?;
+            if json_out {
+                print_json(&list);
+            } else {
+                println!("{:<20} {:<10} DESCRIPTION", "NAME", "AVAILABLE");
+                for t in list.templates {
+                    println!(
+                        "{:<20} {:<10} {}{}",
+                        t.name,
+                        if t.available { "yes" } else { "no" },
+                        t.description,
+                        t.note.map(|n| format!(" ({n})")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TemplateCmd::Save { snapshot, name } => {
+            let t: TemplateInfo = client
+                .call(
+                    Method::POST,
+                    "/v1/templates",
+                    Some(&SaveTemplate { name, snapshot }),
+                )
+                .await?;
+            if json_out {
+                print_json(&t);
+            } else {
+                println!("{}", t.name);
+            }
+        }
+        TemplateCmd::Rm { names } => {
+            let mut failed = false;
+            for n in names {
+                match client
+                    .call_empty(
+                        Method::DELETE,
+                        &format!("/v1/templates/{}", enc(&n)),
+                        None::<&()>,
+                    )
+                    .await
+                {
+                    Ok(()) => println!("{n}"),
                     Err(e) => {
                         eprintln!("hull: {}", message(&e.into()));
                         failed = true;
@@ -574,6 +659,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             name,
             labels,
         } => snapshot_cmd(&client, cmd, id, name, labels, json_out).await,
+        Cmd::Template { cmd } => template_cmd(&client, cmd, json_out).await,
         Cmd::Rollback { id, snapshot } => {
             let s: Sandbox = client
                 .call(

@@ -743,6 +743,17 @@ fn snapshot_fork_rollback_commands() {
     let insp: serde_json::Value =
         serde_json::from_str(&env.ok(&["snapshot", "inspect", "s1"])).unwrap();
     assert_eq!(insp["id"], snap);
+    // A template made of the snapshot.
+    assert_eq!(env.ok(&["template", "save", "s1", "world"]).trim(), "world");
+    assert!(env.ok(&["template", "ls"]).contains("world"));
+    let w = env
+        .ok(&["create", "--template", "world"])
+        .trim()
+        .to_string();
+    assert_eq!(env.ok(&["exec", &w, "--", "cat", "/f"]), "one\n");
+    env.ok(&["rm", &w]);
+    assert_eq!(env.ok(&["template", "rm", "world"]).trim(), "world");
+    assert_eq!(code(&env.run(&["template", "rm", "busybox"])), 125);
     // In use: refused with a message naming the users, exit 125.
     let rm = env.run(&["snapshot", "rm", "s1"]);
     assert_eq!(code(&rm), 125);

@@ -502,6 +502,21 @@ impl Runtime {
     }
 
     pub fn host_info(&self) -> HostInfo {
+        // Not inline in the literal below: saved_templates() takes the same
+        // lock, which must be released first.
+        let backend = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.backend());
+        let snapshot_store = match backend {
+            Some(b) => format!(
+                "{b} at {}",
+                self.config.state_dir.join("snapshots").display()
+            ),
+            None => "closed (the daemon is shutting down)".into(),
+        };
         let p = &self.probe;
         let cg = self.host.cgroups();
         HostInfo {
@@ -525,19 +540,7 @@ impl Runtime {
                 self.host.instance().uid_base,
                 self.host.instance().uid_base + hull_container::ID_RANGE - 1
             ),
-            snapshot_store: match self
-                .snapshots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-            {
-                Some(s) => format!(
-                    "{} at {}",
-                    s.backend(),
-                    self.config.state_dir.join("snapshots").display()
-                ),
-                None => "closed (the daemon is shutting down)".into(),
-            },
+            snapshot_store,
             templates: self
                 .host
                 .templates()
@@ -548,7 +551,9 @@ impl Runtime {
                     available: t.available,
                     description: t.description,
                     note: t.note,
+                    snapshot: None,
                 })
+                .chain(self.saved_templates().unwrap_or_default())
                 .collect(),
             sandboxes: self
                 .sandboxes
@@ -560,14 +565,26 @@ impl Runtime {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
-        let _snap_guard = match &req.from {
+        // A saved template is a snapshot with a name.
+        let saved = match (&req.from, &req.template) {
+            (None, Some(t)) if !self.host.templates().names().contains(&t.as_str()) => {
+                self.saved_template(t)?
+            }
+            _ => None,
+        };
+        let from_key = req.from.clone().or(saved.clone());
+        let _snap_guard = match &from_key {
             Some(_) => Some(self.snap_lock.read().await),
             None => None,
         };
-        let from = match &req.from {
+        let from = match &from_key {
             Some(f) => Some(self.snap_lookup(f)?),
             None => None,
         };
+        let mut req = req;
+        if saved.is_some() {
+            req.template = None;
+        }
         if let (Some(snap), Some(t)) = (&from, &req.template)
             && *t != snap.template
         {

@@ -41,6 +41,8 @@ const L_SANDBOX: &str = "hull.sandbox";
 const L_PARTS: &str = "hull.parts";
 const L_CREATED: &str = "hull.created";
 const L_COMPLETE: &str = "hull.complete";
+/// On part 0 of a snapshot saved as a template: the template's name.
+const L_TEMPLATE_NAME: &str = "hull.template-name";
 const L_USER: &str = "label.";
 
 pub(crate) fn snapshot_error(e: SnapshotError) -> ApiError {
@@ -67,6 +69,8 @@ pub(crate) struct SnapRecord {
     pub created_at: u64,
     pub labels: BTreeMap<String, String>,
     pub parts: usize,
+    /// The template name it is saved as, if any.
+    pub saved_as: Option<String>,
 }
 
 impl SnapRecord {
@@ -86,6 +90,7 @@ impl SnapRecord {
                 .filter_map(|(k, v)| Some((k.strip_prefix(L_USER)?.to_string(), v.clone())))
                 .collect(),
             parts: labels.get(L_PARTS)?.parse().ok()?,
+            saved_as: labels.get(L_TEMPLATE_NAME).cloned(),
         })
     }
 }
@@ -340,6 +345,12 @@ impl Runtime {
                 users.join(", ")
             )));
         }
+        if let Some(t) = &r.saved_as {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is template {t}: remove the template first (hull template rm {t})",
+                r.id
+            )));
+        }
         let children: Vec<String> = self
             .snap_records()?
             .into_iter()
@@ -369,6 +380,94 @@ impl Runtime {
         for n in 0..r.parts {
             store.remove(&part_key(&r.id, n)).map_err(snapshot_error)?;
         }
+        Ok(())
+    }
+
+    /// Templates saved from snapshots.
+    pub(crate) fn saved_templates(&self) -> Result<Vec<hull_api::TemplateInfo>, ApiError> {
+        let mut v: Vec<hull_api::TemplateInfo> = self
+            .snap_records()?
+            .into_iter()
+            .filter_map(|r| {
+                Some(hull_api::TemplateInfo {
+                    name: r.saved_as.clone()?,
+                    available: true,
+                    description: format!("snapshot {} of template {}", r.id, r.template),
+                    note: None,
+                    snapshot: Some(r.id),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// The snapshot id behind saved template `name`, if there is one.
+    pub(crate) fn saved_template(&self, name: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .snap_records()?
+            .into_iter()
+            .find(|r| r.saved_as.as_deref() == Some(name))
+            .map(|r| r.id))
+    }
+
+    /// Every template: the built-in ones, then those saved from snapshots.
+    pub async fn templates(&self) -> Result<Vec<hull_api::TemplateInfo>, ApiError> {
+        Ok(self.host_info().templates)
+    }
+
+    /// Make snapshot `snapshot` usable as template `name`
+    /// (`create --template NAME` is then `create --from SNAPSHOT`).
+    pub async fn save_template(
+        &self,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<hull_api::TemplateInfo, ApiError> {
+        validate_dns_label("template name", name)?;
+        let _w = self.snap_lock.write().await;
+        if self.host.templates().names().contains(&name) {
+            return Err(ApiError::conflict(format!("{name} is a built-in template")));
+        }
+        if self.saved_template(name)?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "a template named {name:?} already exists"
+            )));
+        }
+        let r = self.snap_lookup(snapshot)?;
+        if let Some(t) = &r.saved_as {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is already template {t}",
+                r.id
+            )));
+        }
+        let set: LabelChanges = BTreeMap::from([(L_TEMPLATE_NAME.into(), Some(name.to_string()))]);
+        self.store()?
+            .update_labels(&part_key(&r.id, 0), &set)
+            .map_err(snapshot_error)?;
+        Ok(hull_api::TemplateInfo {
+            name: name.into(),
+            available: true,
+            description: format!("snapshot {} of template {}", r.id, r.template),
+            note: None,
+            snapshot: Some(r.id),
+        })
+    }
+
+    /// Forget a saved template; its snapshot stays (delete it on its own).
+    pub async fn remove_template(&self, name: &str) -> Result<(), ApiError> {
+        let _w = self.snap_lock.write().await;
+        if self.host.templates().names().contains(&name) {
+            return Err(ApiError::invalid(format!(
+                "{name} is a built-in template and cannot be removed"
+            )));
+        }
+        let id = self
+            .saved_template(name)?
+            .ok_or_else(|| ApiError::not_found(format!("no template named {name:?}")))?;
+        let unset: LabelChanges = BTreeMap::from([(L_TEMPLATE_NAME.into(), None)]);
+        self.store()?
+            .update_labels(&part_key(&id, 0), &unset)
+            .map_err(snapshot_error)?;
         Ok(())
     }
 

@@ -412,3 +412,69 @@ async fn snapshots_during_writes_are_consistent() {
     assert_ne!(before, after, "the sandbox keeps running");
     kit.finish().await;
 }
+
+/// A template saved from a snapshot: `create --template NAME` starts from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_saved_from_snapshots() {
+    if !privileged("templates_saved_from_snapshots") {
+        return;
+    }
+    let kit = Kit::new().await;
+    let a = kit.create("busybox").await;
+    kit.sh(&a.id, "mkdir -p /app && echo ready > /app/state")
+        .await;
+    let s = snap(&kit, &a.id, None).await;
+    let t = kit.rt.save_template("my-world", &s.id).await.unwrap();
+    assert_eq!(t.snapshot.as_deref(), Some(s.id.as_str()));
+    let names: Vec<String> = kit
+        .rt
+        .templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["host", "busybox", "my-world"]);
+    let b = kit.create("my-world").await;
+    assert_eq!(
+        (b.template.as_str(), b.snapshot.as_deref()),
+        ("busybox", Some(s.id.as_str()))
+    );
+    assert_eq!(kit.sh(&b.id, "cat /app/state").await.stdout, "ready\n");
+    // Refusals: names, duplicates, built-ins, unknown snapshots, deleting
+    // the snapshot of a template.
+    for (name, snapshot, kind) in [
+        ("my-world", s.id.as_str(), ErrorKind::Conflict),
+        ("busybox", s.id.as_str(), ErrorKind::Conflict),
+        ("Bad_Name", s.id.as_str(), ErrorKind::InvalidArgument),
+        ("other", s.id.as_str(), ErrorKind::Conflict),
+        ("other", "no-such-snapshot", ErrorKind::NotFound),
+    ] {
+        let e = kit.rt.save_template(name, snapshot).await.unwrap_err();
+        assert_eq!(e.kind, kind, "{name} {snapshot}: {e:?}");
+    }
+    kit.rt.destroy(&a.id).await.unwrap();
+    kit.rt.destroy(&b.id).await.unwrap();
+    let e = kit.rt.delete_snapshot(&s.id).await.unwrap_err();
+    assert!(e.message.contains("my-world"), "{e:?}");
+    assert_eq!(
+        kit.rt.remove_template("busybox").await.unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kit.rt.remove_template("nope").await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    kit.rt.remove_template("my-world").await.unwrap();
+    let e = kit
+        .rt
+        .create(CreateSandbox {
+            template: Some("my-world".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    kit.rt.delete_snapshot(&s.id).await.unwrap();
+    kit.finish().await;
+}

@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use hull_api::Limits;
 use hull_runtime::Runtime;
 
@@ -125,6 +125,8 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
             get(inspect_snapshot).delete(delete_snapshot),
         )
         .route("/v1/snapshots/{id}/fork", post(fork))
+        .route("/v1/templates", get(list_templates).post(save_template))
+        .route("/v1/templates/{name}", delete(remove_template))
         .route("/v1/system/reset", post(system_reset))
         .layer(axum::middleware::from_fn_with_state(
             auth,

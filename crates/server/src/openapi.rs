@@ -50,6 +50,9 @@ use crate::snapshots::*;
         inspect_snapshot,
         delete_snapshot,
         fork,
+        list_templates,
+        save_template,
+        remove_template,
         system_reset
     ),
     components(schemas(

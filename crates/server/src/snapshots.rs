@@ -97,3 +97,37 @@ pub(crate) async fn fork(
     let sandboxes = s.rt.fork(&id, req).await?;
     Ok(json(StatusCode::CREATED, ForkResult { sandboxes }))
 }
+
+#[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
+pub(crate) async fn list_templates(
+    State(s): State<AppState>,
+) -> ApiResult<axum::Json<TemplateList>> {
+    Ok(axum::Json(TemplateList {
+        templates: s.rt.templates().await?,
+    }))
+}
+
+/// A template made of a snapshot: `create` with `template: NAME` starts
+/// from that snapshot.
+#[utoipa::path(post, path = "/v1/templates", request_body = SaveTemplate,
+    responses((status = 201, body = TemplateInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn save_template(
+    State(s): State<AppState>,
+    Json(req): Json<SaveTemplate>,
+) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::CREATED,
+        s.rt.save_template(&req.name, &req.snapshot).await?,
+    ))
+}
+
+/// Forget a saved template (its snapshot stays); built-in ones can't go.
+#[utoipa::path(delete, path = "/v1/templates/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove_template(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.rt.remove_template(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -42,6 +42,8 @@ fn openapi_is_up_to_date() {
         ("/v1/snapshots", &["get"]),
         ("/v1/snapshots/{id}", &["get", "delete"]),
         ("/v1/snapshots/{id}/fork", &["post"]),
+        ("/v1/templates", &["get", "post"]),
+        ("/v1/templates/{name}", &["delete"]),
         ("/v1/system/reset", &["post"]),
     ];
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
