@@ -478,3 +478,107 @@ async fn templates_saved_from_snapshots() {
     kit.rt.delete_snapshot(&s.id).await.unwrap();
     kit.finish().await;
 }
+
+/// The store's filesystem fills up during a snapshot: a clear
+/// `resource_exhausted` error, the sandbox keeps running (thawed), earlier
+/// snapshots stay intact and usable, nothing half-made is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_full_is_a_clear_error() {
+    if !privileged("store_full_is_a_clear_error") {
+        return;
+    }
+    use hull_runtime::{Runtime, RuntimeConfig};
+    let dir = hull_testkit::state_dir("hull-f");
+    let state = dir.path().join("s");
+    std::fs::create_dir(&state).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &state,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=40m"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let rt = Runtime::open(RuntimeConfig {
+        state_dir: state.clone(),
+        guest_binary: hull_testkit::guest_binary(),
+        defaults: hull_api::Limits::default(),
+    })
+    .await
+    .unwrap();
+    let result = async {
+        let a = rt
+            .create(CreateSandbox {
+                template: Some("busybox".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let sh = |script: &str| {
+            let rt = rt.clone();
+            let id = a.id.clone();
+            let script = script.to_string();
+            async move {
+                rt.exec(
+                    &id,
+                    hull_api::ExecRequest {
+                        cmd: vec!["/bin/sh".into(), "-c".into(), script],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        sh("echo small > /small").await;
+        let small = rt.snapshot(&a.id, CreateSnapshot::default()).await.unwrap();
+        let r = sh("head -c 60m /dev/urandom > /big && echo written").await;
+        assert_eq!(r.stdout, "written\n", "{r:?}");
+        let e = rt
+            .snapshot(&a.id, CreateSnapshot::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ResourceExhausted, "{e:?}");
+        // Still running and not frozen.
+        assert_eq!(rt.get(&a.id).await.unwrap().state, SandboxState::Running);
+        assert_eq!(sh("echo alive").await.stdout, "alive\n");
+        // Only the earlier snapshot is listed, and it still works.
+        let list = rt.list_snapshots(&BTreeMap::new()).await.unwrap();
+        assert_eq!(list.iter().map(|s| &s.id).collect::<Vec<_>>(), [&small.id]);
+        let b = rt
+            .create(CreateSandbox {
+                from: Some(small.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let r = rt
+            .exec(
+                &b.id,
+                hull_api::ExecRequest {
+                    cmd: vec!["cat".into(), "/small".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.stdout, "small\n");
+        // Nothing staged is left behind to fill the store further.
+        let staged = std::fs::read_dir(state.join("snapshots/tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(staged, 0, "staging left behind");
+    }
+    .await;
+    rt.system_reset().await.unwrap();
+    rt.shutdown().await;
+    drop(rt);
+    result
+}
