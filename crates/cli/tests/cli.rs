@@ -779,3 +779,78 @@ fn snapshot_fork_rollback_commands() {
         0
     );
 }
+
+/// The daemon SIGKILLed while it copies a snapshot (the sandbox frozen):
+/// the restarted daemon lists no half snapshot, and the sandbox runs again.
+#[test]
+fn daemon_killed_during_snapshot_recovers_cleanly() {
+    if !privileged("daemon_killed_during_snapshot") {
+        return;
+    }
+    let env = Env::new();
+    let a = env
+        .ok(&["create", "--template", "busybox"])
+        .trim()
+        .to_string();
+    // Enough changed data that the copy takes a while.
+    env.ok(&[
+        "exec",
+        &a,
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 400 ]; do head -c 256K /dev/urandom > /f$i; i=$((i+1)); done",
+    ]);
+    let pid = env.daemon_pid().expect("daemon running");
+    let mut snap = env
+        .cmd(&["snapshot", &a, "--name", "half"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once the sandbox is frozen (the copy has begun), or give up
+    // waiting and kill anyway.
+    let frozen = || {
+        std::fs::read_dir("/sys/fs/cgroup/freezer")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join(&a).join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+            })
+    };
+    for _ in 0..400 {
+        if frozen() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let _ = snap.wait();
+    for _ in 0..100 {
+        if env.daemon_pid().is_none_or(|p| p != pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Any command starts a new daemon, which recovers.
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "ls", "--json"])).unwrap();
+    for s in list["snapshots"].as_array().unwrap() {
+        // Either the snapshot finished before the kill, and is whole, or
+        // it is not there at all.
+        let id = s["id"].as_str().unwrap();
+        let b = env.ok(&["create", "--from", id]).trim().to_string();
+        assert_eq!(
+            env.ok(&["exec", &b, "--", "sh", "-c", "ls / | grep -c '^f'"]),
+            "400\n"
+        );
+        env.ok(&["rm", &b]);
+    }
+    // The sandbox is running, not left frozen.
+    let insp: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", &a])).unwrap();
+    assert_eq!(insp["state"], "running", "{insp}");
+    assert!(!frozen(), "the sandbox was left frozen");
+    assert_eq!(env.ok(&["exec", &a, "--", "echo", "alive"]), "alive\n");
+}

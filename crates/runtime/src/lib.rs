@@ -53,6 +53,9 @@ pub const ROLLOUT_TTL_SECONDS: u64 = 30;
 pub const SESSION_TTL_SECONDS: u64 = 40 * 60;
 /// How often the monitor checks TTLs, idle timeouts, OOM kills and dead guests.
 pub const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a restarted daemon waits for a live sandbox's agent to answer
+/// before it marks the sandbox failed.
+pub const ADOPT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events kept per sandbox (oldest dropped first).
 pub const MAX_EVENTS: usize = 100;
 /// Labels per sandbox, and the length of each key and value.
@@ -366,7 +369,28 @@ impl Runtime {
                             let entry = Entry::new(r.clone());
                             entry.set_container(Some(Arc::new(c)));
                             if r.sandbox.state == SandboxState::Running {
-                                match GuestClient::connect(&self.socket_of(&entry)).await {
+                                // A daemon killed in the middle of a snapshot
+                                // left the sandbox frozen: running means thawed.
+                                let host = self.host.clone();
+                                let tid = id.clone();
+                                let _ = tokio::task::spawn_blocking(move || host.thaw(&tid)).await;
+                                // Bounded: an agent that doesn't answer must not
+                                // hold up the daemon's start.
+                                let connected = tokio::time::timeout(
+                                    ADOPT_CONNECT_TIMEOUT,
+                                    GuestClient::connect(&self.socket_of(&entry)),
+                                )
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(ClientError::Io(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        format!(
+                                            "no answer within {} s",
+                                            ADOPT_CONNECT_TIMEOUT.as_secs()
+                                        ),
+                                    )))
+                                });
+                                match connected {
                                     Ok(cl) => entry.set_client(Some(Arc::new(cl))),
                                     Err(e) => {
                                         self.fail(
