@@ -78,7 +78,7 @@ use nix::errno::Errno;
 
 use super::files::{apply_upper, unique_name};
 use super::meta::Record;
-use super::store_dir::{Storage, StoreDir, measure};
+use super::store_dir::{Storage, StoreDir, measure, refuse_if_mounted};
 use super::{
     Info, Kind, LabelChanges, Labels, Mount, SnapshotError, Snapshotter, Usage, crash, io_error,
 };
@@ -257,14 +257,7 @@ fn remove_any(path: &Path) -> Result<(), SnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error("inspecting", path)(e)),
     };
-    let mounted = hull_sys::mount::mounts_under(path);
-    if !mounted.is_empty() {
-        return Err(SnapshotError::Io {
-            what: "refusing to delete (something is mounted inside it)",
-            path: path.display().to_string(),
-            source: io::Error::from(io::ErrorKind::ResourceBusy),
-        });
-    }
+    refuse_if_mounted(path)?;
     if !md.is_dir() {
         return fs::remove_file(path).map_err(io_error("deleting", path));
     }

@@ -205,7 +205,7 @@ pub(super) fn apply_upper(upper: &Path, dst: &Path) -> Result<(), SnapshotError>
     let dfd = rustix::fs::open(dst, OPEN_DIR, Mode::empty())
         .map_err(|e| io_error("opening", dst)(e.into()))?;
     c.apply_dir(&sfd, &dfd, upper, dst, 0, false)?;
-    c.finish(Node::Fd(sfd.as_fd()), Node::Fd(dfd.as_fd()), &st, true, dst)
+    c.finish(&sfd, &dfd, &st, true, dst)
 }
 
 /// What a copy does with overlayfs's own extended attributes.
@@ -414,7 +414,7 @@ impl Copier {
         let dfd = rustix::fs::open(dst, OPEN_DIR, Mode::empty())
             .map_err(|e| io_error("opening", dst)(e.into()))?;
         self.copy_dir(&sfd, &dfd, src, dst, 0)?;
-        self.finish(Node::Fd(sfd.as_fd()), Node::Fd(dfd.as_fd()), &st, true, dst)
+        self.finish(&sfd, &dfd, &st, true, dst)
     }
 
     /// Copy the entries of `sdir` into `ddir` (paths are for messages and
@@ -525,13 +525,7 @@ impl Copier {
             }
             let covered_below = covered || mark || merge == Some(true);
             self.apply_dir(&sub, &dsub, &sp, &dp, depth + 1, covered_below)?;
-            self.finish(
-                Node::Fd(sub.as_fd()),
-                Node::Fd(dsub.as_fd()),
-                &sst,
-                true,
-                &dp,
-            )?;
+            self.finish(&sub, &dsub, &sst, true, &dp)?;
         }
         Ok(())
     }
@@ -559,7 +553,6 @@ impl Copier {
             }
             self.links.insert((st.st_dev, st.st_ino), dp.to_path_buf());
         }
-        let dnode = Node::At(ddir.as_fd(), name);
         match ft {
             FileType::Directory => {
                 let sub = rustix::fs::openat(sdir, name, OPEN_DIR, Mode::empty())
@@ -573,13 +566,7 @@ impl Copier {
                 let dsub = rustix::fs::openat(ddir, name, OPEN_DIR, Mode::empty())
                     .map_err(|e| io_error("opening", dp)(e.into()))?;
                 self.copy_dir(&sub, &dsub, sp, dp, depth + 1)?;
-                self.finish(
-                    Node::Fd(sub.as_fd()),
-                    Node::Fd(dsub.as_fd()),
-                    &sst,
-                    true,
-                    dp,
-                )?;
+                self.finish(&sub, &dsub, &sst, true, dp)?;
             }
             FileType::RegularFile => {
                 let src = rustix::fs::openat(
@@ -610,20 +597,14 @@ impl Copier {
                 .map_err(|e| io_error("creating", dp)(e.into()))?;
                 self.copy_data(&src, &dst, sst.st_size as u64)
                     .map_err(io_error("copying", sp))?;
-                self.finish(
-                    Node::Fd(src.as_fd()),
-                    Node::Fd(dst.as_fd()),
-                    &sst,
-                    false,
-                    dp,
-                )?;
+                self.finish(&src, &dst, &sst, false, dp)?;
             }
             FileType::Symlink => {
                 let target =
                     rustix::fs::readlinkat(sdir, name, Vec::new()).map_err(rerr("reading"))?;
                 rustix::fs::symlinkat(&*target, ddir, name)
                     .map_err(|e| io_error("creating", dp)(e.into()))?;
-                self.finish_at(sdir, name, st, dnode, dp)?;
+                self.finish_at(sdir, name, st, ddir, dp)?;
             }
             FileType::CharacterDevice | FileType::Fifo | FileType::Socket => {
                 if ft == FileType::CharacterDevice && st.st_rdev != 0 {
@@ -631,7 +612,7 @@ impl Copier {
                 }
                 rustix::fs::mknodat(ddir, name, ft, Mode::from_raw_mode(0o600), st.st_rdev)
                     .map_err(|e| io_error("creating", dp)(e.into()))?;
-                self.finish_at(sdir, name, st, dnode, dp)?;
+                self.finish_at(sdir, name, st, ddir, dp)?;
             }
             FileType::BlockDevice | FileType::Unknown => return Err(device(sp)),
         }
@@ -642,47 +623,46 @@ impl Copier {
     /// setuid bits and file capabilities) of an opened copy.
     fn finish(
         &mut self,
-        src: Node<'_>,
-        dst: Node<'_>,
+        src: &OwnedFd,
+        dst: &OwnedFd,
         st: &rustix::fs::Stat,
         is_dir: bool,
         dpath: &Path,
     ) -> Result<(), SnapshotError> {
-        let Node::Fd(dfd) = dst else {
-            unreachable!("finish() is for opened files")
-        };
         let err = |what| move |e: Errno| io_error(what, dpath)(e.into());
         let (uid, gid) = owner(st);
-        rustix::fs::fchown(dfd, uid, gid).map_err(err("setting the owner of"))?;
-        rustix::fs::fchmod(dfd, perms(st)).map_err(err("setting the mode of"))?;
-        self.copy_xattrs(src, dst, is_dir, dpath)?;
-        rustix::fs::futimens(dfd, &timestamps(st)).map_err(err("setting the times of"))
+        rustix::fs::fchown(dst, uid, gid).map_err(err("setting the owner of"))?;
+        rustix::fs::fchmod(dst, perms(st)).map_err(err("setting the mode of"))?;
+        self.copy_xattrs(Node::Fd(src.as_fd()), Node::Fd(dst.as_fd()), is_dir, dpath)?;
+        rustix::fs::futimens(dst, &timestamps(st)).map_err(err("setting the times of"))
     }
 
     /// [`Self::finish`] for nodes that can't be opened (symlinks, FIFOs,
-    /// sockets, whiteouts): by name in their directory.
+    /// sockets, whiteouts): by `name` in their directories.
     fn finish_at(
         &mut self,
         sdir: &OwnedFd,
         name: &CStr,
         st: &rustix::fs::Stat,
-        dst: Node<'_>,
+        ddir: &OwnedFd,
         dpath: &Path,
     ) -> Result<(), SnapshotError> {
-        let Node::At(ddir, dname) = dst else {
-            unreachable!("finish_at() is for nodes by name")
-        };
         let err = |what| move |e: Errno| io_error(what, dpath)(e.into());
         let (uid, gid) = owner(st);
-        rustix::fs::chownat(ddir, dname, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+        rustix::fs::chownat(ddir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(err("setting the owner of"))?;
         let symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
         if !symlink {
-            rustix::fs::chmodat(ddir, dname, perms(st), AtFlags::empty())
+            rustix::fs::chmodat(ddir, name, perms(st), AtFlags::empty())
                 .map_err(err("setting the mode of"))?;
         }
-        self.copy_xattrs(Node::At(sdir.as_fd(), name), dst, false, dpath)?;
-        rustix::fs::utimensat(ddir, dname, &timestamps(st), AtFlags::SYMLINK_NOFOLLOW)
+        self.copy_xattrs(
+            Node::At(sdir.as_fd(), name),
+            Node::At(ddir.as_fd(), name),
+            false,
+            dpath,
+        )?;
+        rustix::fs::utimensat(ddir, name, &timestamps(st), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(err("setting the times of"))
     }
 

@@ -132,6 +132,41 @@ impl Drop for Tx<'_> {
 
 type Row = (i64, Option<i64>, String, String, Option<String>, i64, i64);
 
+/// The columns of [`SELECT`] as a [`Row`].
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+/// A [`Row`] as a [`Record`], with the labels `labels` gives for its id.
+fn to_record(
+    row: Row,
+    labels: impl FnOnce(i64) -> Result<Labels, SnapshotError>,
+) -> Result<Record, SnapshotError> {
+    let (id, parent_id, key, kind, parent, created, updated) = row;
+    let kind = Kind::parse(&kind)
+        .ok_or_else(|| SnapshotError::Corrupt(format!("snapshot {key:?} has kind {kind:?}")))?;
+    Ok(Record {
+        id,
+        parent_id,
+        info: Info {
+            key,
+            kind,
+            parent,
+            labels: labels(id)?,
+            created: u64::try_from(created).unwrap_or(0),
+            updated: u64::try_from(updated).unwrap_or(0),
+        },
+    })
+}
+
 impl Tx<'_> {
     /// Commit. On error the transaction is rolled back when `self` drops.
     pub fn commit(mut self) -> Result<(), SnapshotError> {
@@ -141,26 +176,14 @@ impl Tx<'_> {
     }
 
     fn record(&self, row: Row) -> Result<Record, SnapshotError> {
-        let (id, parent_id, key, kind, parent, created, updated) = row;
-        let kind = Kind::parse(&kind)
-            .ok_or_else(|| SnapshotError::Corrupt(format!("snapshot {key:?} has kind {kind:?}")))?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, value FROM labels WHERE snapshot = ?1")?;
-        let labels = stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Labels, _>>()?;
-        Ok(Record {
-            id,
-            parent_id,
-            info: Info {
-                key,
-                kind,
-                parent,
-                labels,
-                created: u64::try_from(created).unwrap_or(0),
-                updated: u64::try_from(updated).unwrap_or(0),
-            },
+        to_record(row, |id| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT name, value FROM labels WHERE snapshot = ?1")?;
+            let labels = stmt
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Labels, _>>()?;
+            Ok(labels)
         })
     }
 
@@ -172,17 +195,7 @@ impl Tx<'_> {
         let row: Option<Row> = self
             .conn
             .prepare_cached(&format!("{SELECT} WHERE {clause}"))?
-            .query_row([arg], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
+            .query_row([arg], read_row)
             .optional()?;
         row.map(|row| self.record(row)).transpose()
     }
@@ -389,36 +402,10 @@ impl Tx<'_> {
             .conn
             .prepare_cached(&format!("{SELECT} ORDER BY s.key"))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?
+            .query_map([], read_row)?
             .collect::<Result<Vec<Row>, _>>()?;
         rows.into_iter()
-            .map(|(id, parent_id, key, kind, parent, created, updated)| {
-                let kind = Kind::parse(&kind).ok_or_else(|| {
-                    SnapshotError::Corrupt(format!("snapshot {key:?} has kind {kind:?}"))
-                })?;
-                Ok(Record {
-                    id,
-                    parent_id,
-                    info: Info {
-                        key,
-                        kind,
-                        parent,
-                        labels: labels.remove(&id).unwrap_or_default(),
-                        created: u64::try_from(created).unwrap_or(0),
-                        updated: u64::try_from(updated).unwrap_or(0),
-                    },
-                })
-            })
+            .map(|row| to_record(row, |id| Ok(labels.remove(&id).unwrap_or_default())))
             .collect()
     }
 }

@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 
 use super::files::{Copier, Xattrs, unique_name};
 use super::meta::Record;
-use super::store_dir::{Storage, StoreDir, measure};
+use super::store_dir::{Storage, StoreDir, measure, refuse_if_mounted};
 use super::{
     Info, Kind, LabelChanges, Labels, Mount, SnapshotError, Snapshotter, Usage, crash, io_error,
 };
@@ -255,14 +255,7 @@ type Staging = super::store_dir::Staging<Dirs>;
 /// Remove a directory tree, refusing to descend into anything mounted
 /// inside it.
 fn remove_tree(path: &Path) -> Result<(), SnapshotError> {
-    let mounted = hull_sys::mount::mounts_under(path);
-    if !mounted.is_empty() {
-        return Err(SnapshotError::Io {
-            what: "refusing to delete (something is mounted inside it)",
-            path: path.display().to_string(),
-            source: io::Error::from(io::ErrorKind::ResourceBusy),
-        });
-    }
+    refuse_if_mounted(path)?;
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),

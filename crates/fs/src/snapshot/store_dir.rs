@@ -333,6 +333,19 @@ pub(super) fn measure(key: &str, dir: &Path, base: Option<&Path>) -> Result<Usag
     })
 }
 
+/// `ResourceBusy` if something is mounted at or inside `path`: deleting
+/// would reach into the mounted filesystem.
+pub(super) fn refuse_if_mounted(path: &Path) -> Result<(), SnapshotError> {
+    if hull_sys::mount::mounts_under(path).is_empty() {
+        return Ok(());
+    }
+    Err(SnapshotError::Io {
+        what: "refusing to delete (something is mounted inside it)",
+        path: path.display().to_string(),
+        source: io::Error::from(io::ErrorKind::ResourceBusy),
+    })
+}
+
 /// An entry being built under `tmp/`; deleted on drop unless placed.
 pub(super) struct Staging<S: Storage> {
     pub(super) path: PathBuf,
