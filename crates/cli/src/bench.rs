@@ -70,14 +70,23 @@ async fn create(client: &Client, template: &str, profile: Profile) -> anyhow::Re
         profile: Some(profile),
         ..Default::default()
     };
+    create_with(client, &req).await
+}
+
+pub(crate) async fn create_with(client: &Client, req: &CreateSandbox) -> anyhow::Result<Sandbox> {
     Ok(client
-        .call(Method::POST, "/v1/sandboxes", Some(&req))
+        .call(Method::POST, "/v1/sandboxes", Some(req))
         .await?)
 }
 
 async fn exec_true(client: &Client, id: &str) -> anyhow::Result<()> {
+    exec_ok(client, id, vec!["/bin/true".into()]).await
+}
+
+/// Run `cmd` in sandbox `id`; an error unless it exits 0.
+pub(crate) async fn exec_ok(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Result<()> {
     let req = ExecRequest {
-        cmd: vec!["/bin/true".into()],
+        cmd,
         ..Default::default()
     };
     let r: ExecResult = client
@@ -87,11 +96,11 @@ async fn exec_true(client: &Client, id: &str) -> anyhow::Result<()> {
             Some(&req),
         )
         .await?;
-    anyhow::ensure!(r.exit_code == Some(0), "true failed: {r:?}");
+    anyhow::ensure!(r.exit_code == Some(0), "{:?} failed: {r:?}", req.cmd);
     Ok(())
 }
 
-async fn destroy(client: &Client, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn destroy(client: &Client, id: &str) -> anyhow::Result<()> {
     Ok(client
         .call_empty(Method::DELETE, &format!("/v1/sandboxes/{id}"), None::<&()>)
         .await?)

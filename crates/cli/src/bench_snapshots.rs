@@ -6,40 +6,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hull_api::{
-    CreateSandbox, CreateSnapshot, ExecRequest, ExecResult, Fork, ForkResult, Profile, Rollback,
-    Sandbox, Snapshot,
+    CreateSandbox, CreateSnapshot, Fork, ForkResult, Profile, Rollback, Sandbox, Snapshot,
 };
 use hyper::Method;
 
-use crate::bench::{Stats, line, stats};
+use crate::bench::{Stats, create_with as create, destroy, exec_ok, line, stats};
 use crate::client::Client;
 
-async fn create(client: &Client, req: &CreateSandbox) -> anyhow::Result<Sandbox> {
-    Ok(client
-        .call(Method::POST, "/v1/sandboxes", Some(req))
-        .await?)
-}
-
 async fn sh(client: &Client, id: &str, script: &str) -> anyhow::Result<()> {
-    let req = ExecRequest {
-        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    };
-    let r: ExecResult = client
-        .call(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/exec"),
-            Some(&req),
-        )
-        .await?;
-    anyhow::ensure!(r.exit_code == Some(0), "{script}: {r:?}");
-    Ok(())
-}
-
-async fn destroy(client: &Client, id: &str) -> anyhow::Result<()> {
-    Ok(client
-        .call_empty(Method::DELETE, &format!("/v1/sandboxes/{id}"), None::<&()>)
-        .await?)
+    exec_ok(
+        client,
+        id,
+        vec!["/bin/sh".into(), "-c".into(), script.into()],
+    )
+    .await
 }
 
 async fn snapshot(client: &Client, id: &str) -> anyhow::Result<Snapshot> {
