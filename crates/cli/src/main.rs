@@ -350,10 +350,7 @@ async fn snapshot_cmd(
                     "{:<13} {:<16} {:<10} {:<13} {:<13} {:>10}  AGE",
                     "ID", "NAME", "TEMPLATE", "PARENT", "SANDBOX", "SIZE"
                 );
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let t = now();
                 for s in list.snapshots {
                     println!(
                         "{:<13} {:<16} {:<10} {:<13} {:<13} {:>10}  {}",
@@ -363,7 +360,7 @@ async fn snapshot_cmd(
                         s.parent.as_deref().unwrap_or("-"),
                         s.sandbox,
                         human_bytes(s.size_bytes),
-                        human_age(t.saturating_sub(s.created_at)),
+                        human_secs(t.saturating_sub(s.created_at)),
                     );
                 }
             }
@@ -467,15 +464,6 @@ fn human_bytes(n: u64) -> String {
         n if n >= 1 << 20 => format!("{:.1}M", n as f64 / (1u64 << 20) as f64),
         n if n >= 1 << 10 => format!("{:.1}K", n as f64 / 1024.0),
         n => format!("{n}B"),
-    }
-}
-
-fn human_age(s: u64) -> String {
-    match s {
-        s if s >= 86400 => format!("{}d", s / 86400),
-        s if s >= 3600 => format!("{}h", s / 3600),
-        s if s >= 60 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
 

@@ -363,12 +363,14 @@ pub fn pidfd_wait_exit(pidfd: BorrowedFd<'_>, timeout: std::time::Duration) -> b
         let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: poll on one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
-            return true;
+        if r > 0 {
+            // Readable means exited; POLLERR/POLLNVAL (not a live pidfd)
+            // is no proof of exit.
+            return pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0;
         }
         let interrupted = r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
-        if (!interrupted && r <= 0) || left.is_zero() {
-            return r > 0;
+        if !interrupted || left.is_zero() {
+            return false;
         }
     }
 }
