@@ -293,14 +293,7 @@ impl ContainerHost {
         if let Some(m) = cache.get(source) {
             return Ok(m.clone());
         }
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        source.hash(&mut h);
-        let mnt = self
-            .state_dir
-            .join("mnt")
-            .join("layers")
-            .join(format!("{:016x}", h.finish()));
+        let mnt = self.layer_mount_path(source);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -319,23 +312,43 @@ impl ContainerHost {
                 .map_err(|e| io_err("binding a snapshot layer at", &mnt)(e.into()))
             };
             bind(MsFlags::empty())?;
-            bind(
+            if let Err(e) = bind(
                 MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            )?;
+            ) {
+                // Never leave a writable bind behind: the next call would
+                // find the mount point and use it as it is.
+                let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+                return Err(e);
+            }
         }
         cache.insert(source.to_path_buf(), mnt.clone());
         Ok(mnt)
     }
 
+    /// Where [`Self::layer_mount`] mounts `source`.
+    fn layer_mount_path(&self, source: &Path) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        self.state_dir
+            .join("mnt")
+            .join("layers")
+            .join(format!("{:016x}", h.finish()))
+    }
+
     /// Undo [`Self::layer_mount`] for layers that are going away (a deleted
     /// snapshot). Sandboxes still using them keep their own references.
+    /// Also finds mounts an earlier daemon made (not in this one's cache).
     pub fn release_layers(&self, sources: &[PathBuf]) {
         let mut cache = self.layer_mounts.lock().unwrap_or_else(|e| e.into_inner());
         for src in sources {
-            if let Some(mnt) = cache.remove(src) {
+            let mnt = cache
+                .remove(src)
+                .unwrap_or_else(|| self.layer_mount_path(src));
+            if hull_sys::mount::is_mountpoint(&mnt) {
                 let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
-                let _ = fs::remove_dir(&mnt);
             }
+            let _ = fs::remove_dir(&mnt);
         }
     }
 
@@ -650,9 +663,6 @@ impl ContainerHost {
             .unwrap_or(0)
     }
 
-    /// Remove everything this instance made on the host: every sandbox's
-    /// processes and cgroup, the cgroup parent, the template mounts, the
-    /// built templates, the sandbox directories.
     /// For a daemon that is stopping: when no sandbox is left, undo the
     /// host-wide setup (template mounts, the cgroup parent), so a stopped
     /// daemon leaves nothing on the host. With sandboxes alive it keeps
@@ -673,6 +683,9 @@ impl ContainerHost {
         Ok(self.cgroups.remove_parent_if_empty()?)
     }
 
+    /// Remove everything this instance made on the host: every sandbox's
+    /// processes and cgroup, the cgroup parent, the template mounts, the
+    /// built templates, the sandbox directories.
     pub fn reset(&self) -> Result<Vec<String>, ContainerError> {
         let mut removed = Vec::new();
         for id in self.leftovers() {

@@ -589,24 +589,28 @@ impl Runtime {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, ApiError> {
-        // A saved template is a snapshot with a name.
-        let saved = match (&req.from, &req.template) {
-            (None, Some(t)) if !self.host.templates().names().contains(&t.as_str()) => {
-                self.saved_template(t)?
-            }
+        // A saved template is a snapshot with a name. Either way the
+        // snapshot is resolved once (one walk of the store), under the lock
+        // that keeps it from vanishing before the new record names it.
+        let saved_name = match (&req.from, &req.template) {
+            (None, Some(t)) if !self.host.templates().names().contains(&t.as_str()) => Some(t),
             _ => None,
         };
-        let from_key = req.from.clone().or(saved.clone());
-        let _snap_guard = match &from_key {
-            Some(_) => Some(self.snap_lock.read().await),
-            None => None,
+        let _snap_guard = match (&req.from, saved_name) {
+            (None, None) => None,
+            _ => Some(self.snap_lock.read().await),
         };
-        let from = match &from_key {
-            Some(f) => Some(self.snap_lookup(f)?),
-            None => None,
+        let (from, saved) = match (&req.from, saved_name) {
+            (Some(f), _) => (Some(self.snap_lookup(f)?), false),
+            (None, Some(t)) => {
+                let r = self.saved_template(t)?;
+                let found = r.is_some();
+                (r, found)
+            }
+            (None, None) => (None, false),
         };
         let mut req = req;
-        if saved.is_some() {
+        if saved {
             req.template = None;
         }
         if let (Some(snap), Some(t)) = (&from, &req.template)

@@ -254,6 +254,10 @@ impl Runtime {
         for (k, v) in &req.labels {
             meta.insert(format!("{L_USER}{k}"), v.clone());
         }
+        // What part 0's labels will say once complete: the new snapshot's
+        // record, without walking the store again to read it back.
+        let mut complete = meta.clone();
+        complete.insert(L_COMPLETE.into(), "1".into());
         let store = self.store()?;
         let host = self.host.clone();
         let was_running = state == SandboxState::Running;
@@ -293,7 +297,8 @@ impl Runtime {
             Ok(())
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))
+        .and_then(|r| r);
         if let Err(err) = result {
             let store = self.store()?;
             for n in 0..parts {
@@ -302,7 +307,8 @@ impl Runtime {
             return Err(err);
         }
         self.touch(&e);
-        let r = self.snap_lookup(&sid)?;
+        let r = SnapRecord::from_labels(&complete)
+            .ok_or_else(|| ApiError::internal(format!("snapshot {sid}: incomplete labels")))?;
         Ok(self.to_api(&r))
     }
 
@@ -402,13 +408,12 @@ impl Runtime {
         Ok(v)
     }
 
-    /// The snapshot id behind saved template `name`, if there is one.
-    pub(crate) fn saved_template(&self, name: &str) -> Result<Option<String>, ApiError> {
+    /// The snapshot behind saved template `name`, if there is one.
+    pub(crate) fn saved_template(&self, name: &str) -> Result<Option<SnapRecord>, ApiError> {
         Ok(self
             .snap_records()?
             .into_iter()
-            .find(|r| r.saved_as.as_deref() == Some(name))
-            .map(|r| r.id))
+            .find(|r| r.saved_as.as_deref() == Some(name)))
     }
 
     /// Every template: the built-in ones, then those saved from snapshots.
@@ -463,6 +468,7 @@ impl Runtime {
         }
         let id = self
             .saved_template(name)?
+            .map(|r| r.id)
             .ok_or_else(|| ApiError::not_found(format!("no template named {name:?}")))?;
         let unset: LabelChanges = BTreeMap::from([(L_TEMPLATE_NAME.into(), None)]);
         self.store()?
