@@ -56,6 +56,14 @@ fn is_json(headers: &HeaderMap) -> Result<(), ApiError> {
     )))
 }
 
+/// The request's `Content-Length`, when it has a valid one.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 fn too_large() -> ApiError {
     ApiError::invalid(format!("request body larger than {} MiB", MAX_JSON >> 20))
 }
@@ -64,13 +72,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = AppError;
     async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
         is_json(req.headers())?;
-        if let Some(len) = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            && len > MAX_JSON as u64
-        {
+        if content_length(req.headers()).is_some_and(|len| len > MAX_JSON as u64) {
             return Err(too_large().into());
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON)
@@ -104,10 +106,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmp
     type Rejection = AppError;
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         let h = req.headers();
-        let length = h
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let length = content_length(h);
         let chunked = h.contains_key(header::TRANSFER_ENCODING);
         if !h.contains_key(header::CONTENT_TYPE) && !chunked && length.unwrap_or(0) == 0 {
             return Ok(JsonOrEmpty(T::default()));

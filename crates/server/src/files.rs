@@ -17,7 +17,7 @@ use hull_runtime::ByteReader;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::error::{ApiResult, Json};
+use crate::error::{ApiResult, Json, content_length};
 
 /// Every query parameter a file route may take; each route documents (and
 /// accepts) only its own, see [`query`].
@@ -85,10 +85,7 @@ fn body_reader(body: Body) -> ByteReader {
 }
 
 fn check_length(headers: &HeaderMap, max: u64) -> ApiResult<()> {
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = content_length(headers)
         && len > max
     {
         return Err(ApiError::invalid(format!(

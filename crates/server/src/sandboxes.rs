@@ -51,7 +51,7 @@ pub(crate) const MAX_LABEL_FILTERS: usize = hull_runtime::MAX_LABELS;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // read by hand in `list`; here for the OpenAPI document
+#[allow(dead_code)] // read by `label_filters`; here for the OpenAPI document
 pub(crate) struct ListQuery {
     /// `key=value`; repeat to require several labels (at most 64).
     #[serde(default)]
@@ -64,39 +64,42 @@ pub(crate) async fn list(
     State(s): State<AppState>,
     req: Request,
 ) -> ApiResult<axum::Json<SandboxList>> {
-    // Repeated `label=` keys: parse the query by hand (serde_urlencoded
-    // keeps only one value per key).
-    let mut labels = BTreeMap::new();
-    for (k, v) in url_pairs(req.uri().query().unwrap_or("")) {
-        match k.as_str() {
-            "label" => {
-                let (lk, lv) = v.split_once('=').ok_or_else(|| {
-                    ApiError::invalid(format!("label filter {v:?} must be key=value"))
-                })?;
-                if labels.insert(lk.to_string(), lv.to_string()).is_some() {
-                    return Err(ApiError::invalid(format!(
-                        "label filter {lk:?} is given twice: a sandbox has one value per label"
-                    ))
-                    .into());
-                }
-                if labels.len() > MAX_LABEL_FILTERS {
-                    return Err(ApiError::invalid(format!(
-                        "at most {MAX_LABEL_FILTERS} label filters (no sandbox carries more labels)"
-                    ))
-                    .into());
-                }
-            }
-            other => {
-                return Err(ApiError::invalid(format!("unknown query parameter {other:?}")).into());
-            }
-        }
-    }
+    let labels = label_filters(req.uri().query(), "sandbox")?;
     Ok(axum::Json(SandboxList {
         sandboxes: s.rt.list(&labels).await?,
     }))
 }
 
-pub(crate) fn url_pairs(q: &str) -> Vec<(String, String)> {
+/// The label filters of a list query (`label=key=value`, repeatable; no
+/// other parameter): `noun` names what is listed, for the error messages.
+/// Parsed by hand: serde_urlencoded keeps only one value per key.
+pub(crate) fn label_filters(
+    query: Option<&str>,
+    noun: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut labels = BTreeMap::new();
+    for (k, v) in url_pairs(query.unwrap_or("")) {
+        if k != "label" {
+            return Err(ApiError::invalid(format!("unknown query parameter {k:?}")));
+        }
+        let (lk, lv) = v
+            .split_once('=')
+            .ok_or_else(|| ApiError::invalid(format!("label filter {v:?} must be key=value")))?;
+        if labels.insert(lk.to_string(), lv.to_string()).is_some() {
+            return Err(ApiError::invalid(format!(
+                "label filter {lk:?} is given twice: a {noun} has one value per label"
+            )));
+        }
+        if labels.len() > MAX_LABEL_FILTERS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_LABEL_FILTERS} label filters (no {noun} carries more labels)"
+            )));
+        }
+    }
+    Ok(labels)
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {

@@ -2,8 +2,6 @@
 //! fork a snapshot into new sandboxes, roll a sandbox back. Each handler is
 //! one runtime call.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -11,7 +9,7 @@ use hull_api::*;
 
 use crate::AppState;
 use crate::error::{ApiResult, Json, JsonOrEmpty, json};
-use crate::sandboxes::{ListQuery, MAX_LABEL_FILTERS, url_pairs};
+use crate::sandboxes::{ListQuery, label_filters};
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/snapshot", params(("id" = String, Path, description = "sandbox id or name")),
     request_body(content = CreateSnapshot, description = "optional: no body takes the defaults"),
@@ -42,23 +40,7 @@ pub(crate) async fn list_snapshots(
     State(s): State<AppState>,
     req: Request,
 ) -> ApiResult<axum::Json<SnapshotList>> {
-    let mut labels = BTreeMap::new();
-    for (k, v) in url_pairs(req.uri().query().unwrap_or("")) {
-        if k != "label" {
-            return Err(ApiError::invalid(format!("unknown query parameter {k:?}")).into());
-        }
-        let (lk, lv) = v
-            .split_once('=')
-            .ok_or_else(|| ApiError::invalid(format!("label filter {v:?} must be key=value")))?;
-        if labels.insert(lk.to_string(), lv.to_string()).is_some() {
-            return Err(ApiError::invalid(format!("label filter {lk:?} is given twice")).into());
-        }
-        if labels.len() > MAX_LABEL_FILTERS {
-            return Err(
-                ApiError::invalid(format!("at most {MAX_LABEL_FILTERS} label filters")).into(),
-            );
-        }
-    }
+    let labels = label_filters(req.uri().query(), "snapshot")?;
     Ok(axum::Json(SnapshotList {
         snapshots: s.rt.list_snapshots(&labels).await?,
     }))
