@@ -41,10 +41,14 @@ async fn delete_snapshot(client: &Client, id: &str) -> anyhow::Result<()> {
 /// A shell line writing `mib` MiB in 100 files under /work (rewritten on
 /// every call, so each snapshot copies them again).
 fn write_tree(mib: u64) -> String {
-    let kib = mib * 1024 / 100;
+    // Byte counts: busybox's head takes no size suffixes. `set -e`, so a
+    // failed write fails the benchmark instead of measuring nothing.
+    let bytes = mib * 1024 * 1024 / 100;
     format!(
-        "mkdir -p /work && i=0; while [ $i -lt 100 ]; do \
-         head -c {kib}K /dev/urandom > /work/f$i; i=$((i+1)); done"
+        "set -e; mkdir -p /work; i=0; while [ $i -lt 100 ]; do \
+         head -c {bytes} /dev/urandom > /work/f$i; i=$((i+1)); done; \
+         [ $(cat /work/* | wc -c) -eq {} ]",
+        bytes * 100
     )
 }
 
@@ -54,8 +58,8 @@ fn cp_peer(mib: u64, n: usize, dst_parent: &std::path::Path) -> anyhow::Result<S
         .prefix("hull-bench-src")
         .tempdir_in("/dev/shm")
         .context("a source tree on /dev/shm")?;
-    let kib = (mib * 1024 / 100) as usize;
-    let data: Vec<u8> = (0..kib * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let bytes = (mib * 1024 * 1024 / 100) as usize;
+    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
     for i in 0..100 {
         std::fs::write(src.path().join(format!("f{i}")), &data)?;
     }
