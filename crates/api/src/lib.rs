@@ -626,7 +626,7 @@ pub struct HostInfo {
     pub defaults: Limits,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TemplateInfo {
     pub name: String,
     pub available: bool,
@@ -638,6 +638,66 @@ pub struct TemplateInfo {
     /// lie over the built-in template named in `description`).
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// Defaults for its sandboxes, for templates imported from an image or
+    /// built from Debian.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ImageConfig>,
+}
+
+/// What an imported image (or a Debian build) gives its sandboxes: the
+/// environment, user and working directory every process starts with
+/// unless the create request names its own (request env entries override
+/// single keys). `entrypoint` and `cmd` are recorded, not run: a sandbox's
+/// PID 1 is hull's agent, and commands run through exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Where the files came from, e.g. `oci image alpine.tar` or
+    /// `debian bookworm (minbase) + python3, git`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// `POST /v1/templates/build`: a template built with Debian's `mmdebstrap`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildTemplate {
+    /// The new template's name (a DNS label).
+    pub name: String,
+    /// The Debian suite: `bookworm`, `trixie`, `stable`, ...
+    pub debian: String,
+    /// Packages to install on top of the `minbase` variant.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// The Debian mirror (default: the host's, else deb.debian.org).
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+/// One line of `POST /v1/templates/build`'s streamed answer
+/// (`application/x-ndjson`): progress, then `done` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// A new step of the build (`resolving`, `downloading`, `installing`...).
+    Phase { phase: String },
+    /// A line of the builder's output.
+    Log { line: String },
+    /// Steps done out of a total, where the builder tells.
+    Progress { done: u64, total: u64 },
+    /// The template is ready.
+    Done { template: Box<TemplateInfo> },
+    /// The build failed; nothing was kept.
+    Error { error: ApiError },
 }
 
 /// `GET /v1/templates`.

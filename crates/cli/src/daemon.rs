@@ -55,7 +55,12 @@ pub async fn serve(
     state_dir: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     config: Option<PathBuf>,
+    snapshot_backend: Option<String>,
 ) -> anyhow::Result<()> {
+    let snapshot_backend = snapshot_backend
+        .map(|b| hull_runtime::BackendChoice::parse(&b))
+        .transpose()
+        .map_err(|e| anyhow!("--snapshot-backend: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
@@ -77,6 +82,7 @@ pub async fn serve(
         listen,
         config,
         guest_binary,
+        snapshot_backend,
     })?;
     Ok(hull_server::run(cfg).await?)
 }

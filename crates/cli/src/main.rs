@@ -17,6 +17,7 @@ mod bench_snapshots;
 mod client;
 mod cp;
 mod daemon;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -69,6 +70,11 @@ enum Cmd {
         /// Config file [default /etc/hull/config.toml when it exists].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Snapshot store backend: auto, overlay or btrfs [default auto:
+        /// btrfs where the state directory is on btrfs or a loop-backed
+        /// image can be made, else overlay].
+        #[arg(long, env = "HULL_SNAPSHOT_BACKEND")]
+        snapshot_backend: Option<String>,
     },
     /// Create a sandbox, run a command in it, destroy it.
     Run {
@@ -202,6 +208,20 @@ enum SnapshotCmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Write a snapshot to a portable .tar.zst archive (to stdout without -o).
+    Export {
+        id: String,
+        /// The archive to write.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Import a snapshot archive made by `hull snapshot export`; prints its id.
+    Import {
+        file: PathBuf,
+        /// Name it (default: the name it had, if free here).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +235,33 @@ enum TemplateCmd {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Import an OCI image archive (an OCI layout in a tar, or `docker save`
+    /// output) as a template; prints its name.
+    Import {
+        file: PathBuf,
+        /// The template's name [default: from the file name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Which image, when the archive holds several (its ref name or tag).
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+    /// Build a template from Debian with mmdebstrap; prints its name.
+    Build {
+        name: String,
+        /// The Debian suite, e.g. bookworm.
+        #[arg(long, value_name = "SUITE")]
+        debian: String,
+        /// Packages to install over minbase, comma-separated (repeatable).
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+        /// Debian mirror [default: the host's, else http://deb.debian.org/debian].
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Print the builder's output.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -365,6 +412,17 @@ async fn snapshot_cmd(
                 }
             }
         }
+        Some(SnapshotCmd::Export { id, output }) => {
+            transfer::export(client, &id, output).await?;
+        }
+        Some(SnapshotCmd::Import { file, name }) => {
+            let s = transfer::import_snapshot(client, &file, name).await?;
+            if json_out {
+                print_json(&s);
+            } else {
+                println!("{}", s.id);
+            }
+        }
         Some(SnapshotCmd::Inspect { id }) => {
             let s: Snapshot = client
                 .call(Method::GET, &snap_path(&id), None::<&()>)
@@ -416,6 +474,38 @@ async fn template_cmd(
                         t.note.map(|n| format!(" ({n})")).unwrap_or_default()
                     );
                 }
+            }
+        }
+        TemplateCmd::Import {
+            file,
+            name,
+            reference,
+        } => {
+            let t = transfer::import_template(client, &file, name, reference).await?;
+            if json_out {
+                print_json(&t);
+            } else {
+                println!("{}", t.name);
+            }
+        }
+        TemplateCmd::Build {
+            name,
+            debian,
+            packages,
+            mirror,
+            verbose,
+        } => {
+            let req = BuildTemplate {
+                name,
+                debian,
+                packages: packages.into_iter().filter(|p| !p.is_empty()).collect(),
+                mirror,
+            };
+            let t = transfer::build(client, &req, verbose).await?;
+            if json_out {
+                print_json(&t);
+            } else {
+                println!("{}", t.name);
             }
         }
         TemplateCmd::Save { snapshot, name } => {
@@ -580,9 +670,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         state_dir,
         listen,
         config,
+        snapshot_backend,
     } = cli.cmd
     {
-        daemon::serve(cli.socket, state_dir, listen, config).await?;
+        daemon::serve(cli.socket, state_dir, listen, config, snapshot_backend).await?;
         return Ok(Outcome::Code(0));
     }
     let client = Client::from_env(daemon::client_socket(cli.socket))?;

@@ -11,13 +11,16 @@
 //!   few `/etc` files programs need — no `/etc/shadow`, no ssh keys, no
 //!   `/root`. It follows the host, so it is tied to this machine.
 //! - `busybox`: a hermetic root built from Debian's `busybox-static`.
+//! - `scratch`: only the directories every root needs; imported OCI images
+//!   and Debian builds ([`archive`], [`debian`]) are snapshots over it.
 //!
-//! Limits: OCI import, snapshots and named templates made from snapshots
-//! come with the snapshotter (the next milestone); the layer model here is
-//! what they plug into. The `host` template's `/etc` copy is made when the
+//! Named templates beyond these are snapshots in the store (the runtime
+//! keeps that list). The `host` template's `/etc` copy is made when the
 //! store is first opened and refreshed by `hull system reset`.
 #![forbid(unsafe_code)]
 
+pub mod archive;
+pub mod debian;
 pub mod snapshot;
 
 use std::fs;
@@ -25,6 +28,10 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The built-in empty template that imported images and Debian builds are
+/// snapshots of (its root holds only the directories every root needs).
+pub const SCRATCH: &str = "scratch";
 
 /// Where Debian's `busybox-static` installs its binary.
 pub const BUSYBOX_BINARY: &str = "/bin/busybox";
@@ -106,7 +113,7 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("template {0:?} does not exist (built in: host, busybox)")]
+    #[error("template {0:?} does not exist (built in: host, busybox, scratch)")]
     NotFound(String),
     #[error("template {name:?} is unavailable: {reason}")]
     Unavailable { name: String, reason: String },
@@ -171,7 +178,7 @@ impl TemplateStore {
 
     /// Names of the built-in templates.
     pub fn names(&self) -> Vec<&'static str> {
-        vec!["host", "busybox"]
+        vec!["host", "busybox", SCRATCH]
     }
 
     /// Availability of every template.
@@ -195,7 +202,7 @@ impl TemplateStore {
 
     fn check(&self, name: &str) -> Result<(), TemplateError> {
         match name {
-            "host" => Ok(()),
+            "host" | SCRATCH => Ok(()),
             "busybox" if Path::new(BUSYBOX_BINARY).is_file() => Ok(()),
             "busybox" => Err(TemplateError::Unavailable {
                 name: name.into(),
@@ -219,6 +226,7 @@ impl TemplateStore {
         match name {
             "host" => self.host(),
             "busybox" => self.busybox(),
+            SCRATCH => self.scratch(),
             other => Err(TemplateError::NotFound(other.into())),
         }
     }
@@ -288,6 +296,28 @@ impl TemplateStore {
                 ("PATH".into(), DEFAULT_PATH.into()),
                 ("LANG".into(), "C.UTF-8".into()),
             ],
+        })
+    }
+
+    fn scratch(&self) -> Result<Template, TemplateError> {
+        let root = self.dir.join(SCRATCH).join("root");
+        if !root.join(".hull-complete").exists() {
+            let tmp = self.dir.join(SCRATCH).join("root.tmp");
+            let _ = fs::remove_dir_all(&tmp);
+            skeleton(&tmp).map_err(build_err(SCRATCH, "creating", &tmp))?;
+            fs::write(tmp.join(".hull-complete"), b"")
+                .map_err(build_err(SCRATCH, "writing", &tmp))?;
+            let _ = fs::remove_dir_all(&root);
+            fs::rename(&tmp, &root).map_err(build_err(SCRATCH, "installing", &root))?;
+        }
+        Ok(Template {
+            name: SCRATCH.into(),
+            description: describe(SCRATCH).into(),
+            layers: vec![Layer {
+                target: "/".into(),
+                source: root,
+            }],
+            env: vec![("PATH".into(), DEFAULT_PATH.into())],
         })
     }
 
@@ -365,6 +395,7 @@ fn describe(name: &str) -> &'static str {
             "read-only view of this host's /usr with a minimal private /etc (tied to this machine)"
         }
         "busybox" => "hermetic busybox root from Debian's busybox-static",
+        SCRATCH => "an empty root (the base that imported images and Debian builds are stacked on)",
         _ => "",
     }
 }

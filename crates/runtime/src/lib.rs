@@ -16,6 +16,7 @@
 mod exec;
 mod files;
 pub mod hostinfo;
+mod imports;
 mod snapshots;
 pub mod state;
 pub mod store;
@@ -31,12 +32,15 @@ use hull_api::{
     Sandbox, SandboxEvent, SandboxState, SubstrateKind, TemplateInfo, validate_dns_label,
 };
 use hull_container::{Container, ContainerError, ContainerHost, ContainerSpec};
+pub use hull_fs::snapshot::BackendChoice;
+use hull_fs::snapshot::StoreInfo;
 use hull_proto::client::{ClientError, GuestClient};
 use hull_proto::{GuestError, GuestErrorKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 pub use exec::EXEC_OUTPUT_LIMIT;
+pub use imports::MAX_IMAGE_ARCHIVE;
 pub use snapshots::MAX_FORK;
 use store::{Record, Store};
 
@@ -71,6 +75,31 @@ pub struct RuntimeConfig {
     pub guest_binary: PathBuf,
     /// Limits applied where a request names none.
     pub defaults: Limits,
+    /// Which snapshot store backend to open, and how big a loop-backed
+    /// btrfs image made for it is.
+    pub snapshots: SnapshotStoreConfig,
+}
+
+/// How the daemon opens its snapshot store (`<state>/snapshots`).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotStoreConfig {
+    /// `auto` picks btrfs where it can (see `hull_fs::snapshot::store`).
+    pub backend: BackendChoice,
+    /// The size of a sparse loop-backed btrfs image, when one is made;
+    /// `None`: half the free space of the state directory's filesystem at
+    /// that moment, between 1 and 64 GiB (a sparse image larger than the
+    /// disk's free space would fail with I/O errors, not `ENOSPC`, once the
+    /// disk fills).
+    pub image_bytes: Option<u64>,
+}
+
+impl Default for SnapshotStoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            image_bytes: None,
+        }
+    }
 }
 
 /// A running streaming exec (or an attach to a background process).
@@ -157,6 +186,10 @@ pub struct Runtime {
     /// The snapshot store (`<state>/snapshots`); taken away at shutdown, so
     /// that its lock is released for the next runtime (in-process restarts).
     snapshots: Mutex<Option<Arc<dyn hull_fs::snapshot::Snapshotter>>>,
+    /// What was opened (for `hull info`, and to unmount a loop image).
+    store_info: StoreInfo,
+    /// Snapshots being exported (deleting them waits).
+    exports: imports::Exports,
     /// Snapshot creation and deletion take it for writing (unique names,
     /// in-use checks); creating a sandbox from a snapshot takes it for
     /// reading, so a snapshot cannot vanish between the lookup of its
@@ -171,7 +204,7 @@ pub(crate) fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn container_error(e: ContainerError) -> ApiError {
+pub(crate) fn container_error(e: ContainerError) -> ApiError {
     match e {
         ContainerError::Template(hull_fs::TemplateError::NotFound(_)) => {
             ApiError::not_found(e.to_string())
@@ -225,7 +258,7 @@ fn store_error(e: store::StoreError) -> ApiError {
     ApiError::internal(error_chain(&e))
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut b = [0u8; 12];
@@ -259,7 +292,7 @@ fn push_event(r: &mut Record, kind: &str, message: impl Into<String>) {
     }
 }
 
-fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(ApiError::invalid(format!(
@@ -270,7 +303,7 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {
         return Err(ApiError::invalid(format!(
             "at most {MAX_LABELS} labels per sandbox"
@@ -320,17 +353,24 @@ impl Runtime {
                 .map_err(container_error)?
         };
         let store = Store::open(&config.state_dir.join("hull.db")).map_err(store_error)?;
-        let snapshots = {
+        let (snapshots, store_info) = {
             let root = config.state_dir.join("snapshots");
+            let c = config.snapshots;
+            let image_bytes = c
+                .image_bytes
+                .unwrap_or_else(|| hull_fs::snapshot::default_image_bytes(&config.state_dir));
             tokio::task::spawn_blocking(move || {
-                hull_fs::snapshot::overlay::OverlaySnapshotter::open(&root)
+                hull_fs::snapshot::open_with(&root, image_bytes, c.backend)
             })
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(snapshots::snapshot_error)?
         };
+        tracing::info!(store = %store_info, "snapshot store opened");
         let rt = Arc::new(Runtime {
-            snapshots: Mutex::new(Some(Arc::new(snapshots))),
+            snapshots: Mutex::new(Some(Arc::from(snapshots))),
+            store_info,
+            exports: Default::default(),
             snap_lock: tokio::sync::RwLock::new(()),
             probe: hostinfo::probe(),
             host: Arc::new(host),
@@ -339,6 +379,7 @@ impl Runtime {
             sandboxes: Mutex::new(HashMap::new()),
             monitor: Mutex::new(None),
         });
+        rt.clear_imports();
         rt.snap_recover()?;
         rt.recover().await?;
         let weak = Arc::downgrade(&rt);
@@ -535,10 +576,7 @@ impl Runtime {
             .as_ref()
             .map(|s| s.backend());
         let snapshot_store = match backend {
-            Some(b) => format!(
-                "{b} at {}",
-                self.config.state_dir.join("snapshots").display()
-            ),
+            Some(_) => self.store_info.to_string(),
             None => "closed (the daemon is shutting down)".into(),
         };
         let p = &self.probe;
@@ -576,6 +614,7 @@ impl Runtime {
                     description: t.description,
                     note: t.note,
                     snapshot: None,
+                    config: None,
                 })
                 .chain(self.saved_templates().unwrap_or_default())
                 .collect(),
@@ -612,6 +651,18 @@ impl Runtime {
         let mut req = req;
         if saved {
             req.template = None;
+        }
+        // An image's defaults, under what the request names itself.
+        if let Some(img) = from.as_ref().and_then(|f| f.image.as_ref()) {
+            for (k, v) in &img.env {
+                req.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            if req.user.is_none() {
+                req.user = img.user.clone();
+            }
+            if req.workdir.is_none() {
+                req.workdir = img.workdir.clone();
+            }
         }
         if let (Some(snap), Some(t)) = (&from, &req.template)
             && *t != snap.template
@@ -1159,7 +1210,20 @@ impl Runtime {
             .is_empty();
         if idle {
             let host = self.host.clone();
-            match tokio::task::spawn_blocking(move || host.release_if_idle()).await {
+            let info = self.store_info.clone();
+            let released = tokio::task::spawn_blocking(move || {
+                let r = host.release_if_idle();
+                // The loop image goes last: the layer mounts above were on it.
+                if r.is_ok()
+                    && host.leftovers().is_empty()
+                    && let Err(e) = info.release()
+                {
+                    tracing::warn!(error = %e, "unmounting the snapshot store's image");
+                }
+                r
+            })
+            .await;
+            match released {
                 Ok(Ok(true)) => tracing::debug!("no sandbox left: host-wide setup removed"),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the host-wide setup"),

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hull_api::{
-    ApiError, CreateSandbox, CreateSnapshot, ErrorKind, Fork, Sandbox, SandboxState, Snapshot,
-    validate_dns_label,
+    ApiError, CreateSandbox, CreateSnapshot, ErrorKind, Fork, ImageConfig, Sandbox, SandboxState,
+    Snapshot, validate_dns_label,
 };
 use hull_fs::snapshot::{LabelChanges, Labels, SnapshotError, Snapshotter};
 
@@ -33,17 +33,21 @@ use crate::{Runtime, container_error, error_chain, new_id, now, push_event, stat
 /// Most sandboxes one fork makes.
 pub const MAX_FORK: u32 = 1024;
 
-const L_ID: &str = "hull.id";
-const L_NAME: &str = "hull.name";
-const L_TEMPLATE: &str = "hull.template";
-const L_PARENT: &str = "hull.parent";
-const L_SANDBOX: &str = "hull.sandbox";
-const L_PARTS: &str = "hull.parts";
-const L_CREATED: &str = "hull.created";
-const L_COMPLETE: &str = "hull.complete";
+pub(crate) const L_ID: &str = "hull.id";
+pub(crate) const L_NAME: &str = "hull.name";
+pub(crate) const L_TEMPLATE: &str = "hull.template";
+pub(crate) const L_PARENT: &str = "hull.parent";
+pub(crate) const L_SANDBOX: &str = "hull.sandbox";
+pub(crate) const L_PARTS: &str = "hull.parts";
+pub(crate) const L_CREATED: &str = "hull.created";
+pub(crate) const L_COMPLETE: &str = "hull.complete";
 /// On part 0 of a snapshot saved as a template: the template's name.
-const L_TEMPLATE_NAME: &str = "hull.template-name";
-const L_USER: &str = "label.";
+pub(crate) const L_TEMPLATE_NAME: &str = "hull.template-name";
+/// On part 0: the [`ImageConfig`] (JSON) of the imported image or Debian
+/// build at the bottom of the snapshot's lineage (inherited by snapshots
+/// of sandboxes born from it).
+pub(crate) const L_IMAGE: &str = "hull.image";
+pub(crate) const L_USER: &str = "label.";
 
 pub(crate) fn snapshot_error(e: SnapshotError) -> ApiError {
     let kind = e.kind();
@@ -54,7 +58,35 @@ pub(crate) fn snapshot_error(e: SnapshotError) -> ApiError {
     }
 }
 
-fn part_key(id: &str, n: usize) -> String {
+/// Names that are routes of their own (`/v1/snapshots/import`,
+/// `/v1/templates/import`, `/v1/templates/build`), so no snapshot or
+/// template may take them.
+const RESERVED: &[&str] = &["import", "build", "export"];
+
+pub(crate) fn refuse_reserved(what: &str, name: &str) -> Result<(), ApiError> {
+    if RESERVED.contains(&name) {
+        return Err(ApiError::invalid(format!(
+            "{name:?} is reserved (an API route); choose another {what} name"
+        )));
+    }
+    Ok(())
+}
+
+/// `img` as the [`L_IMAGE`] label's value.
+pub(crate) fn image_label(img: &ImageConfig) -> Result<String, ApiError> {
+    let j = serde_json::to_string(img).map_err(|e| ApiError::internal(e.to_string()))?;
+    if j.len() > hull_fs::snapshot::MAX_LABEL_VALUE_LEN {
+        return Err(ApiError::invalid(format!(
+            "the image's configuration (environment, entrypoint, ...) is {} bytes as JSON; \
+             at most {} are supported",
+            j.len(),
+            hull_fs::snapshot::MAX_LABEL_VALUE_LEN
+        )));
+    }
+    Ok(j)
+}
+
+pub(crate) fn part_key(id: &str, n: usize) -> String {
     format!("{id}.{n}")
 }
 
@@ -71,10 +103,12 @@ pub(crate) struct SnapRecord {
     pub parts: usize,
     /// The template name it is saved as, if any.
     pub saved_as: Option<String>,
+    /// Defaults from the image it descends from.
+    pub image: Option<ImageConfig>,
 }
 
 impl SnapRecord {
-    fn from_labels(labels: &Labels) -> Option<SnapRecord> {
+    pub(crate) fn from_labels(labels: &Labels) -> Option<SnapRecord> {
         if labels.get(L_COMPLETE).map(String::as_str) != Some("1") {
             return None;
         }
@@ -91,12 +125,15 @@ impl SnapRecord {
                 .collect(),
             parts: labels.get(L_PARTS)?.parse().ok()?,
             saved_as: labels.get(L_TEMPLATE_NAME).cloned(),
+            image: labels
+                .get(L_IMAGE)
+                .and_then(|j| serde_json::from_str(j).ok()),
         })
     }
 }
 
 impl Runtime {
-    fn store(&self) -> Result<Arc<dyn Snapshotter>, ApiError> {
+    pub(crate) fn store(&self) -> Result<Arc<dyn Snapshotter>, ApiError> {
         self.snapshots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -135,7 +172,7 @@ impl Runtime {
             .collect()
     }
 
-    fn to_api(&self, r: &SnapRecord) -> Snapshot {
+    pub(crate) fn to_api(&self, r: &SnapRecord) -> Snapshot {
         let store = self.store().ok();
         let size_bytes = (0..r.parts)
             .filter_map(|n| store.as_ref()?.usage(&part_key(&r.id, n)).ok())
@@ -179,6 +216,7 @@ impl Runtime {
     pub async fn snapshot(&self, id: &str, req: CreateSnapshot) -> Result<Snapshot, ApiError> {
         if let Some(n) = &req.name {
             validate_dns_label("snapshot name", n)?;
+            refuse_reserved("snapshot", n)?;
         }
         crate::validate_labels(&req.labels)?;
         // Lock order everywhere: the snapshot lock, then a sandbox's lock.
@@ -214,13 +252,17 @@ impl Runtime {
         let container = e.container().ok_or_else(|| {
             ApiError::conflict(format!("sandbox {sid_sandbox} has no running processes"))
         })?;
-        let parts = self
+        // Each part lies over the template's layer of the same index.
+        let below: Vec<PathBuf> = self
             .host
             .templates()
             .get(&template)
             .map_err(|e| container_error(e.into()))?
             .layers
-            .len();
+            .into_iter()
+            .map(|l| l.source)
+            .collect();
+        let parts = below.len();
         let parent = match &base {
             Some(b) => Some(self.snap_lookup(b).map_err(|_| {
                 ApiError::internal(format!(
@@ -250,6 +292,9 @@ impl Runtime {
         }
         if let Some(p) = &parent {
             meta.insert(L_PARENT.into(), p.id.clone());
+            if let Some(img) = &p.image {
+                meta.insert(L_IMAGE.into(), image_label(img)?);
+            }
         }
         for (k, v) in &req.labels {
             meta.insert(format!("{L_USER}{k}"), v.clone());
@@ -267,7 +312,7 @@ impl Runtime {
                 host.freeze(&container.id).map_err(container_error)?;
             }
             let copied = (|| {
-                for n in 0..parts {
+                for (n, below) in below.iter().enumerate() {
                     let upper = host.upper_dir(&container, n).map_err(container_error)?;
                     let labels = if n == 0 {
                         meta.clone()
@@ -276,10 +321,11 @@ impl Runtime {
                     };
                     let parent_key = parent_id.as_ref().map(|p| part_key(p, n));
                     store
-                        .commit_from_dir(
+                        .commit_from_dir_over(
                             &part_key(&sid2, n),
                             parent_key.as_deref(),
                             &upper,
+                            std::slice::from_ref(below),
                             &labels,
                         )
                         .map_err(snapshot_error)?;
@@ -357,6 +403,12 @@ impl Runtime {
                 r.id
             )));
         }
+        if self.exports.busy(&r.id) {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is being exported; try again when the export has finished",
+                r.id
+            )));
+        }
         let children: Vec<String> = self
             .snap_records()?
             .into_iter()
@@ -401,6 +453,7 @@ impl Runtime {
                     description: format!("snapshot {} of template {}", r.id, r.template),
                     note: None,
                     snapshot: Some(r.id),
+                    config: r.image.clone(),
                 })
             })
             .collect();
@@ -429,6 +482,7 @@ impl Runtime {
         snapshot: &str,
     ) -> Result<hull_api::TemplateInfo, ApiError> {
         validate_dns_label("template name", name)?;
+        refuse_reserved("template", name)?;
         let _w = self.snap_lock.write().await;
         if self.host.templates().names().contains(&name) {
             return Err(ApiError::conflict(format!("{name} is a built-in template")));
@@ -454,7 +508,8 @@ impl Runtime {
             available: true,
             description: format!("snapshot {} of template {}", r.id, r.template),
             note: None,
-            snapshot: Some(r.id),
+            snapshot: Some(r.id.clone()),
+            config: r.image.clone(),
         })
     }
 

@@ -301,8 +301,6 @@ async fn incomplete_snapshots_are_removed_on_start() {
     if !privileged("incomplete_snapshots_are_removed_on_start") {
         return;
     }
-    use hull_fs::snapshot::Snapshotter;
-    use hull_fs::snapshot::overlay::OverlaySnapshotter;
     let mut kit = Kit::new().await;
     let a = kit.create("busybox").await;
     kit.sh(&a.id, "echo kept > /k").await;
@@ -312,7 +310,8 @@ async fn incomplete_snapshots_are_removed_on_start() {
     // but never marked complete, and a lone part 1 of another.
     kit.rt.shutdown().await;
     {
-        let store = OverlaySnapshotter::open(&kit.dir.path().join("snapshots")).unwrap();
+        let (store, info) =
+            hull_fs::snapshot::open_auto(&kit.dir.path().join("snapshots"), 4 << 30).unwrap();
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("half"), "x").unwrap();
         let labels = |id: &str| {
@@ -330,6 +329,8 @@ async fn incomplete_snapshots_are_removed_on_start() {
             .commit_from_dir("halfmade0002.1", None, src.path(), &labels("halfmade0002"))
             .unwrap();
         assert_eq!(store.walk().unwrap().len(), 3);
+        drop(store);
+        info.release().unwrap();
     }
     kit.restart().await;
     let list = kit.rt.list_snapshots(&BTreeMap::new()).await.unwrap();
@@ -341,9 +342,12 @@ async fn incomplete_snapshots_are_removed_on_start() {
     }
     kit.rt.shutdown().await;
     {
-        let store = OverlaySnapshotter::open(&kit.dir.path().join("snapshots")).unwrap();
+        let (store, info) =
+            hull_fs::snapshot::open_auto(&kit.dir.path().join("snapshots"), 4 << 30).unwrap();
         let keys: Vec<String> = store.walk().unwrap().into_iter().map(|i| i.key).collect();
         assert_eq!(keys, vec![format!("{}.0", kept.id)]);
+        drop(store);
+        info.release().unwrap();
     }
     kit.restart().await;
     let b = from(&kit, "kept").await;
@@ -434,7 +438,7 @@ async fn templates_saved_from_snapshots() {
         .into_iter()
         .map(|t| t.name)
         .collect();
-    assert_eq!(names, ["host", "busybox", "my-world"]);
+    assert_eq!(names, ["host", "busybox", "scratch", "my-world"]);
     let b = kit.create("my-world").await;
     assert_eq!(
         (b.template.as_str(), b.snapshot.as_deref()),
@@ -482,12 +486,35 @@ async fn templates_saved_from_snapshots() {
 /// The store's filesystem fills up during a snapshot: a clear
 /// `resource_exhausted` error, the sandbox keeps running (thawed), earlier
 /// snapshots stay intact and usable, nothing half-made is listed.
+/// Overlay: the state directory is a 40 MiB tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_full_is_a_clear_error() {
     if !privileged("store_full_is_a_clear_error") {
         return;
     }
-    use hull_runtime::{Runtime, RuntimeConfig};
+    store_full(hull_runtime::SnapshotStoreConfig {
+        backend: hull_runtime::BackendChoice::Overlay,
+        image_bytes: None,
+    })
+    .await;
+}
+
+/// Btrfs: the loop-backed image is 256 MiB (on a 1 GiB tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_store_full_is_a_clear_error() {
+    if !privileged("btrfs_store_full_is_a_clear_error") {
+        return;
+    }
+    store_full(hull_runtime::SnapshotStoreConfig {
+        backend: hull_runtime::BackendChoice::Btrfs,
+        image_bytes: Some(256 << 20),
+    })
+    .await;
+}
+
+async fn store_full(snapshots: hull_runtime::SnapshotStoreConfig) {
+    use hull_runtime::{BackendChoice, Runtime, RuntimeConfig};
+    let btrfs = snapshots.backend == BackendChoice::Btrfs;
     let dir = hull_testkit::state_dir("hull-f");
     let state = dir.path().join("s");
     std::fs::create_dir(&state).unwrap();
@@ -496,7 +523,7 @@ async fn store_full_is_a_clear_error() {
         &state,
         Some("tmpfs"),
         nix::mount::MsFlags::empty(),
-        Some("size=40m"),
+        Some(if btrfs { "size=1g" } else { "size=40m" }),
     )
     .unwrap();
     struct Unmount(std::path::PathBuf);
@@ -510,9 +537,11 @@ async fn store_full_is_a_clear_error() {
         state_dir: state.clone(),
         guest_binary: hull_testkit::guest_binary(),
         defaults: hull_api::Limits::default(),
+        snapshots,
     })
     .await
     .unwrap();
+    let big = if btrfs { "300m" } else { "60m" };
     let result = async {
         let a = rt
             .create(CreateSandbox {
@@ -539,7 +568,10 @@ async fn store_full_is_a_clear_error() {
         };
         sh("echo small > /small").await;
         let small = rt.snapshot(&a.id, CreateSnapshot::default()).await.unwrap();
-        let r = sh("head -c 60m /dev/urandom > /big && echo written").await;
+        let r = sh(&format!(
+            "head -c {big} /dev/urandom > /big && echo written"
+        ))
+        .await;
         assert_eq!(r.stdout, "written\n", "{r:?}");
         let e = rt
             .snapshot(&a.id, CreateSnapshot::default())
@@ -571,7 +603,12 @@ async fn store_full_is_a_clear_error() {
             .unwrap();
         assert_eq!(r.stdout, "small\n");
         // Nothing staged is left behind to fill the store further.
-        let staged = std::fs::read_dir(state.join("snapshots/tmp"))
+        let tmp = if btrfs {
+            "snapshots/btrfs/tmp"
+        } else {
+            "snapshots/overlay/tmp"
+        };
+        let staged = std::fs::read_dir(state.join(tmp))
             .map(|d| d.count())
             .unwrap_or(0);
         assert_eq!(staged, 0, "staging left behind");

@@ -14,6 +14,11 @@
 //! cpus = 1
 //! pids = 1024
 //! disk = "1G"
+//!
+//! [snapshots]
+//! backend = "auto"      # or "overlay", "btrfs" (HULL_SNAPSHOT_BACKEND)
+//! image_size = "64G"    # a loop-backed btrfs image, when one is made
+//!                       # (default: half the free space, 1G..=64G)
 //! ```
 //!
 //! Every key is optional. Unknown keys are errors (a typo must not silently
@@ -28,7 +33,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use hull_api::Limits;
-use hull_api::limits::{MIB, parse_size};
+use hull_api::limits::{GIB, MIB, parse_size};
+use hull_runtime::{BackendChoice, SnapshotStoreConfig};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -84,7 +90,14 @@ pub struct Overrides {
     /// The statically linked guest agent (not a config-file key: it is
     /// installed next to `hull`).
     pub guest_binary: PathBuf,
+    /// `--snapshot-backend` (or `HULL_SNAPSHOT_BACKEND`).
+    pub snapshot_backend: Option<BackendChoice>,
 }
+
+/// Smallest loop-backed btrfs image accepted (mkfs.btrfs needs ~114 MiB).
+pub const MIN_SNAPSHOT_IMAGE: u64 = 256 * MIB;
+/// Largest loop-backed btrfs image accepted (it is sparse; 16 TiB).
+pub const MAX_SNAPSHOT_IMAGE: u64 = 16384 * GIB;
 
 /// A parsed and validated config file.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -97,6 +110,9 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     /// The `[defaults]` table over the built-in defaults.
     pub defaults: Limits,
+    /// The `[snapshots]` table.
+    pub snapshot_backend: Option<BackendChoice>,
+    pub snapshot_image_bytes: Option<u64>,
 }
 
 /// The file's shape, with source spans for errors found after parsing.
@@ -109,6 +125,15 @@ struct RawConfig {
     max_upload: Option<Spanned<String>>,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    snapshots: RawSnapshots,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshots {
+    backend: Option<Spanned<String>>,
+    image_size: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +255,29 @@ impl FileConfig {
             l.disk_bytes = parse_size(s.get_ref()).map_err(|e| at(s, e.message))?;
             l.validate().map_err(|e| at(s, e.message))?;
         }
+        let snapshot_backend = match &raw.snapshots.backend {
+            Some(s) => Some(
+                BackendChoice::parse(s.get_ref())
+                    .map_err(|e| at(s, format!("[snapshots] backend: {e}")))?,
+            ),
+            None => None,
+        };
+        let snapshot_image_bytes = match &raw.snapshots.image_size {
+            Some(s) => {
+                let v = parse_size(s.get_ref()).map_err(|e| at(s, e.message))?;
+                if !(MIN_SNAPSHOT_IMAGE..=MAX_SNAPSHOT_IMAGE).contains(&v) {
+                    return Err(at(
+                        s,
+                        format!(
+                            "[snapshots] image_size {:?} is outside 256M..=16T",
+                            s.get_ref()
+                        ),
+                    ));
+                }
+                Some(v)
+            }
+            None => None,
+        };
         Ok(FileConfig {
             path: Some(path.to_path_buf()),
             state_dir,
@@ -237,6 +285,8 @@ impl FileConfig {
             listen: raw.listen,
             max_upload_bytes,
             defaults: l,
+            snapshot_backend,
+            snapshot_image_bytes,
         })
     }
 }
@@ -273,6 +323,13 @@ pub fn merge(o: Overrides, file: FileConfig) -> Result<ServerConfig, ConfigError
         listen: o.listen.or(file.listen),
         guest_binary: o.guest_binary,
         defaults: file.defaults,
+        snapshots: SnapshotStoreConfig {
+            backend: o
+                .snapshot_backend
+                .or(file.snapshot_backend)
+                .unwrap_or(BackendChoice::Auto),
+            image_bytes: file.snapshot_image_bytes,
+        },
         max_upload_bytes: file.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD),
         config_file: file.path,
     })
@@ -387,6 +444,35 @@ mod tests {
         assert_eq!(d.listen, None);
         assert_eq!(d.defaults, Limits::default());
         assert_eq!(d.config_file, None);
+    }
+
+    #[test]
+    fn snapshot_store_settings() {
+        let c = parse("[snapshots]\nbackend = \"overlay\"\nimage_size = \"2G\"\n").unwrap();
+        assert_eq!(c.snapshot_backend, Some(BackendChoice::Overlay));
+        assert_eq!(c.snapshot_image_bytes, Some(2 << 30));
+        let m = merge(Overrides::default(), c.clone()).unwrap();
+        assert_eq!(m.snapshots.backend, BackendChoice::Overlay);
+        assert_eq!(m.snapshots.image_bytes, Some(2 << 30));
+        let flag = Overrides {
+            snapshot_backend: Some(BackendChoice::Btrfs),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge(flag, c).unwrap().snapshots.backend,
+            BackendChoice::Btrfs
+        );
+        let d = merge(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(d.snapshots.backend, BackendChoice::Auto);
+        for (bad, says) in [
+            ("[snapshots]\nbackend = \"zfs\"\n", "zfs"),
+            ("[snapshots]\nimage_size = \"1M\"\n", "outside"),
+            ("[snapshots]\nimage_size = \"nope\"\n", "nope"),
+            ("[snapshots]\nsize = \"1G\"\n", "unknown field"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("line 2"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -320,6 +320,7 @@ pub async fn serve(
         state_dir: cfg.state_dir.clone(),
         guest_binary: cfg.guest_binary.clone(),
         defaults: cfg.defaults,
+        snapshots: cfg.snapshots,
     })
     .await
     .map_err(ServeError::Runtime)?;

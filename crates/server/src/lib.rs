@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub guest_binary: PathBuf,
     /// Limits for sandboxes whose request names none.
     pub defaults: Limits,
+    /// The snapshot store's backend and loop-image size.
+    pub snapshots: hull_runtime::SnapshotStoreConfig,
     /// Largest file or archive upload.
     pub max_upload_bytes: u64,
     /// The config file these settings came from, if any (logged at start).
@@ -125,7 +127,11 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
             get(inspect_snapshot).delete(delete_snapshot),
         )
         .route("/v1/snapshots/{id}/fork", post(fork))
+        .route("/v1/snapshots/{id}/export", get(export_snapshot))
+        .route("/v1/snapshots/import", post(import_snapshot))
         .route("/v1/templates", get(list_templates).post(save_template))
+        .route("/v1/templates/import", post(import_template))
+        .route("/v1/templates/build", post(build_template))
         .route("/v1/templates/{name}", delete(remove_template))
         .route("/v1/system/reset", post(system_reset))
         .layer(axum::middleware::from_fn_with_state(

@@ -50,9 +50,13 @@ use crate::snapshots::*;
         inspect_snapshot,
         delete_snapshot,
         fork,
+        export_snapshot,
+        import_snapshot,
         list_templates,
         save_template,
         remove_template,
+        import_template,
+        build_template,
         system_reset
     ),
     components(schemas(
@@ -61,7 +65,9 @@ use crate::snapshots::*;
         ErrorKind,
         ExecEvent,
         ExecClientMessage,
-        ResetResult
+        ResetResult,
+        BuildEvent,
+        ImageConfig
     )),
     modifiers(&BearerOnTcp)
 )]

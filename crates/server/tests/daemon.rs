@@ -20,6 +20,7 @@ fn config(state: &Path, socket: PathBuf, listen: Option<std::net::SocketAddr>) -
         listen,
         guest_binary: guest_binary(),
         defaults: Limits::default(),
+        snapshots: Default::default(),
         max_upload_bytes: 1 << 20,
         config_file: None,
     }
@@ -81,6 +82,7 @@ impl Drop for Cleanup {
                     state_dir: dir,
                     guest_binary: guest_binary(),
                     defaults: Limits::default(),
+                    snapshots: Default::default(),
                 })
                 .await
                 {

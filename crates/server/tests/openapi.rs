@@ -42,8 +42,12 @@ fn openapi_is_up_to_date() {
         ("/v1/snapshots", &["get"]),
         ("/v1/snapshots/{id}", &["get", "delete"]),
         ("/v1/snapshots/{id}/fork", &["post"]),
+        ("/v1/snapshots/{id}/export", &["get"]),
+        ("/v1/snapshots/import", &["post"]),
         ("/v1/templates", &["get", "post"]),
         ("/v1/templates/{name}", &["delete"]),
+        ("/v1/templates/import", &["post"]),
+        ("/v1/templates/build", &["post"]),
         ("/v1/system/reset", &["post"]),
     ];
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -22,6 +22,7 @@ async fn sigterm_shuts_down_cleanly() {
         listen: None,
         guest_binary: guest_binary(),
         defaults: Limits::default(),
+        snapshots: Default::default(),
         max_upload_bytes: 1 << 20,
         config_file: None,
     }));

@@ -57,6 +57,11 @@ impl RuntimeKit {
             state_dir: state.to_path_buf(),
             guest_binary: guest_binary(),
             defaults: Limits::default(),
+            snapshots: hull_runtime::SnapshotStoreConfig {
+                backend: hull_runtime::BackendChoice::from_env()
+                    .expect("HULL_SNAPSHOT_BACKEND is auto, overlay or btrfs"),
+                image_bytes: Some(4 << 30),
+            },
         }
     }
 

@@ -50,17 +50,14 @@
 //!
 //! Limits:
 //! - Whiteouts and opaque markers: a snapshot made by `commit_from_dir`
-//!   is the tree the sandbox saw, plus a whiteout (character device 0/0)
-//!   for each name the sandbox deleted that the parent's tree does not
-//!   have, and the `user.overlay.opaque` marker on opaque directories the
-//!   parent does not have (or has as a non-directory, a whiteout or an
-//!   opaque directory): those hide names in layers below the store (the
-//!   `host` template's directories) when the runtime stacks the snapshot
-//!   over them. A name the parent's tree has as a file or plain directory
-//!   that the sandbox deleted (or replaced by an opaque directory) is
-//!   deleted without a trace, so if a layer below the store also has it,
-//!   that one shows through again. Views and actives are plain bind
-//!   mounts, so the kept whiteouts show there as character devices 0/0.
+//!   is the tree the sandbox saw plus a whiteout (character device 0/0)
+//!   for each name the sandbox deleted, and the `user.overlay.opaque`
+//!   marker on each directory it replaced or made opaque (outside
+//!   directories already opaque): those hide names in layers below the
+//!   store (the template's) when the runtime stacks the snapshot over
+//!   them. Views and actives are plain bind mounts, so the markers show
+//!   there as character devices 0/0 and xattrs
+//!   ([`Snapshotter::views_show_markers`]).
 //! - Subvolumes created inside an active snapshot (btrfs lets any user do
 //!   that) are not part of snapshots made from it (they show as empty
 //!   directories there); they are deleted with it.
@@ -131,6 +128,41 @@ impl Storage for Subvolumes {
 }
 
 impl BtrfsSnapshotter {
+    /// `commit_from_dir`, keeping whiteouts only where `below` (when
+    /// known) has the name.
+    fn commit_upper(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        upper: &Path,
+        below: Option<&[PathBuf]>,
+        labels: &Labels,
+    ) -> Result<Info, SnapshotError> {
+        // Fail fast, before copying what may be gigabytes.
+        let parent_id = {
+            let (_tx, parent) = self.store.check_new(name, parent, labels)?;
+            parent.map(|p| p.id)
+        };
+        let stage = self
+            .stage(&unique_name("copy"), parent_id)
+            .map_err(|e| self.parent_changed(parent, parent_id).unwrap_or(e))?;
+        apply_upper(upper, &stage.path, below)?;
+        crash::point(crash::STAGED);
+
+        let (tx, parent_rec) = self.store.begin_new(name, parent, labels)?;
+        if parent_rec.as_ref().map(|p| p.id) != parent_id {
+            // Removed and made again while we copied: ours is of the old one.
+            return Err(SnapshotError::NotFound {
+                key: parent.unwrap_or_default().into(),
+            });
+        }
+        let rec: Record = tx.insert(name, Kind::Committed, parent_rec.as_ref(), labels)?;
+        stage.install(&self.store.dir(rec.id), tx, |dir| {
+            Ok(btrfs::set_readonly(dir, true)?)
+        })?;
+        Ok(rec.info)
+    }
+
     /// Open (or create) the store at `root`, which must be on btrfs
     /// (`Unavailable` otherwise), then remove whatever an interrupted
     /// operation left behind (see the module documentation). `Locked` if
@@ -354,6 +386,10 @@ impl Snapshotter for BtrfsSnapshotter {
         self.create(Kind::View, key, parent, labels)
     }
 
+    fn views_show_markers(&self) -> bool {
+        true
+    }
+
     fn layers(&self, key: &str) -> Result<Vec<PathBuf>, SnapshotError> {
         let (_, rec) = self.store.for_layers(key)?;
         Ok(vec![self.store.dir(rec.id)])
@@ -387,29 +423,18 @@ impl Snapshotter for BtrfsSnapshotter {
         upper: &Path,
         labels: &Labels,
     ) -> Result<Info, SnapshotError> {
-        // Fail fast, before copying what may be gigabytes.
-        let parent_id = {
-            let (_tx, parent) = self.store.check_new(name, parent, labels)?;
-            parent.map(|p| p.id)
-        };
-        let stage = self
-            .stage(&unique_name("copy"), parent_id)
-            .map_err(|e| self.parent_changed(parent, parent_id).unwrap_or(e))?;
-        apply_upper(upper, &stage.path)?;
-        crash::point(crash::STAGED);
+        self.commit_upper(name, parent, upper, None, labels)
+    }
 
-        let (tx, parent_rec) = self.store.begin_new(name, parent, labels)?;
-        if parent_rec.as_ref().map(|p| p.id) != parent_id {
-            // Removed and made again while we copied: ours is of the old one.
-            return Err(SnapshotError::NotFound {
-                key: parent.unwrap_or_default().into(),
-            });
-        }
-        let rec: Record = tx.insert(name, Kind::Committed, parent_rec.as_ref(), labels)?;
-        stage.install(&self.store.dir(rec.id), tx, |dir| {
-            Ok(btrfs::set_readonly(dir, true)?)
-        })?;
-        Ok(rec.info)
+    fn commit_from_dir_over(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        upper: &Path,
+        below: &[PathBuf],
+        labels: &Labels,
+    ) -> Result<Info, SnapshotError> {
+        self.commit_upper(name, parent, upper, Some(below), labels)
     }
 
     fn stat(&self, key: &str) -> Result<Info, SnapshotError> {

@@ -182,23 +182,42 @@ fn remove_at(
 ///   `user.overlay.opaque` or `trusted.overlay.opaque` = `y`) replaces it;
 /// - a whiteout (character device 0/0) deletes the name from `dst`.
 ///
-/// Layers below the store (the `host` template's read-only directories)
-/// may hold names `dst` does not know of. So a whiteout for a name `dst`
-/// lacks is kept (as a whiteout), and a directory that must hide what lies
-/// below keeps (or gets) the `user.overlay.opaque` marker: an opaque
-/// directory `dst` lacks, or one replacing a non-directory, a whiteout or
-/// an opaque directory. Neither is needed, or written, under a directory
-/// that is already opaque. Where the upper deletes or opaquely replaces a
-/// name `dst` has (as a plain directory or a file), nothing is kept: the
-/// tree shows exactly what the sandbox saw, so the same name in a layer
-/// below the store shows through again (see the `btrfs` module's limits).
+/// Layers below the store (the template's read-only directories) may hold
+/// the same names. So a whiteout stays in `dst` (in place of what `dst`
+/// had there, if anything; with `below`, only where a layer below has the
+/// name), and a directory that must hide what lies below
+/// keeps (or gets) the `user.overlay.opaque` marker: an opaque directory,
+/// or one replacing a non-directory or a whiteout. Neither is needed, or
+/// written, under a directory that is already opaque.
 ///
 /// overlayfs's own xattrs (`user.overlay.*`, `trusted.overlay.*`: origin,
 /// impure, ...) are not copied, escaped ones (`*.overlay.overlay.x`, Linux
 /// 6.7+) are unescaped; uppers of overlays mounted with `redirect_dir` or
 /// `metacopy` are refused. `upper` is read, never changed.
-pub(super) fn apply_upper(upper: &Path, dst: &Path) -> Result<(), SnapshotError> {
+///
+/// With `below` (the layer directories that will lie under the tree when it
+/// is stacked, nearest first), a whiteout is kept only where one of them
+/// has the name: overlayfs lists a whiteout as a name that can't be
+/// opened when its directory exists in no other layer.
+pub(super) fn apply_upper(
+    upper: &Path,
+    dst: &Path,
+    below: Option<&[PathBuf]>,
+) -> Result<(), SnapshotError> {
     let mut c = Copier::new(Xattrs::Merged);
+    if let Some(below) = below {
+        let mut fds = Vec::with_capacity(below.len());
+        for b in below {
+            fds.push(
+                rustix::fs::open(b, OPEN_DIR, Mode::empty())
+                    .map_err(|e| io_error("opening the layer below", b)(e.into()))?,
+            );
+        }
+        c.below = Some(Below {
+            root: dst.to_path_buf(),
+            dirs: fds,
+        });
+    }
     let sfd = rustix::fs::open(upper, OPEN_DIR, Mode::empty())
         .map_err(|e| io_error("opening the directory to copy", upper)(e.into()))?;
     let st = rustix::fs::fstat(&sfd).map_err(|e| io_error("reading", upper)(e.into()))?;
@@ -260,6 +279,45 @@ pub(super) struct Copier {
     links: HashMap<(u64, u64), PathBuf>,
     xattrs: Xattrs,
     buf: Vec<u8>,
+    /// [`apply_upper`]'s layers below the tree.
+    below: Option<Below>,
+}
+
+/// The layers a merged tree will be stacked over.
+pub(super) struct Below {
+    /// The tree's root (paths under it are looked up below).
+    root: PathBuf,
+    dirs: Vec<OwnedFd>,
+}
+
+impl Below {
+    /// Does a layer below have an entry at `path` (a path under the tree's
+    /// root), reached without following symlinks?
+    fn has(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return true;
+        };
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return true;
+        };
+        let how = rustix::fs::ResolveFlags::BENEATH
+            | rustix::fs::ResolveFlags::NO_SYMLINKS
+            | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        self.dirs.iter().any(|d| {
+            match rustix::fs::openat2(d, parent, OPEN_DIR | OFlags::PATH, Mode::empty(), how) {
+                Ok(p) => rustix::fs::statat(&p, name, AtFlags::SYMLINK_NOFOLLOW).is_ok(),
+                // Unsure: keep the whiteout (harmless where the directory
+                // is merged).
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => false,
+                Err(_) => true,
+            }
+        })
+    }
 }
 
 const OPEN_DIR: OFlags = OFlags::RDONLY
@@ -399,6 +457,7 @@ impl Copier {
             links: HashMap::new(),
             xattrs,
             buf: Vec::new(),
+            below: None,
         }
     }
 
@@ -476,12 +535,20 @@ impl Copier {
                 Err(e) => return Err(io_error("reading", &dp)(e.into())),
             };
             if is_whiteout(&st) {
+                // Outside an opaque directory, keep the whiteout even where
+                // the tree had the name: a layer below the store (the
+                // template's) may have it too, and must stay hidden.
+                let needed = !covered && self.below.as_ref().is_none_or(|b| b.has(&dp));
                 match old {
-                    Some(Old::Whiteout) => {}
-                    Some(_) => remove_at(ddir.as_fd(), &name, &dp, depth)?,
-                    None if covered => {}
-                    // Keep it: it may hide a name in a layer below the store.
-                    None => self.copy_entry(sdir, &name, &st, ddir, &sp, &dp, depth)?,
+                    Some(Old::Whiteout) if needed => {}
+                    Some(_) => {
+                        remove_at(ddir.as_fd(), &name, &dp, depth)?;
+                        if needed {
+                            self.copy_entry(sdir, &name, &st, ddir, &sp, &dp, depth)?;
+                        }
+                    }
+                    None if needed => self.copy_entry(sdir, &name, &st, ddir, &sp, &dp, depth)?,
+                    None => {}
                 }
                 continue;
             }
@@ -504,7 +571,9 @@ impl Copier {
             // the result must hide what lies below the store.
             let (merge, mark) = match (old, opaque) {
                 (Some(Old::Dir { opaque: was }), false) => (Some(was), false),
-                (Some(Old::Dir { opaque: was }), true) => (None, was),
+                // Replacing a directory: the new one must hide what
+                // layers below the store have at its path too.
+                (Some(Old::Dir { .. }), true) => (None, true),
                 (Some(Old::Whiteout | Old::Other), _) => (None, true),
                 (None, opaque) => (None, opaque),
             };

@@ -70,8 +70,13 @@ impl MetaStore {
     /// Open (or create) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
         let conn = Connection::open(path)?;
+        // Exclusive locking keeps WAL's index in the heap instead of a
+        // memory-mapped `-shm` file: on a full filesystem (a full btrfs
+        // image) touching an unallocated page of that mapping is SIGBUS,
+        // not an error. Only one process opens a store anyway (flock).
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+            "PRAGMA locking_mode=EXCLUSIVE;
+             PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
              PRAGMA foreign_keys=ON;
              PRAGMA busy_timeout=5000;",

@@ -86,7 +86,7 @@ mod store;
 mod store_dir;
 pub mod testsuite;
 
-pub use store::{BackendChoice, ImageInfo, StoreInfo, open_auto, open_with};
+pub use store::{BackendChoice, ImageInfo, StoreInfo, default_image_bytes, open_auto, open_with};
 
 /// Labels: free-form `name -> value` strings attached to a snapshot.
 pub type Labels = BTreeMap<String, String>;
@@ -655,6 +655,23 @@ pub trait Snapshotter: Send + Sync {
         labels: &Labels,
     ) -> Result<Info, SnapshotError>;
 
+    /// [`Self::commit_from_dir`] for a snapshot that will be stacked over
+    /// `below` (layer directories outside the store, nearest first: the
+    /// template's). A backend whose snapshots are whole trees keeps a
+    /// whiteout only where `below` has the name (overlayfs would list the
+    /// others); others ignore `below`.
+    fn commit_from_dir_over(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        upper: &Path,
+        below: &[std::path::PathBuf],
+        labels: &Labels,
+    ) -> Result<Info, SnapshotError> {
+        let _ = below;
+        self.commit_from_dir(name, parent, upper, labels)
+    }
+
     /// What the store knows about `key`.
     fn stat(&self, key: &str) -> Result<Info, SnapshotError>;
 
@@ -679,6 +696,13 @@ pub trait Snapshotter: Send + Sync {
             "the {} backend cannot list layer directories",
             self.backend()
         )))
+    }
+
+    /// Whether views and active snapshots show the whiteouts and opaque
+    /// markers a committed tree keeps for layers below the store (the
+    /// `btrfs` backend's plain bind mounts do; overlay mounts hide them).
+    fn views_show_markers(&self) -> bool {
+        false
     }
 
     /// Remove `key` and its files. `InUse` while other snapshots name it as

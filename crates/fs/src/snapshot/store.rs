@@ -150,6 +150,18 @@ impl fmt::Display for StoreInfo {
     }
 }
 
+/// A size for a new loop-backed image under `dir` when none is configured:
+/// half the free space of `dir`'s filesystem, between 1 and 64 GiB, in
+/// whole GiB. (A sparse image larger than the free space fails with I/O
+/// errors, not `ENOSPC`, once the disk below it fills.)
+pub fn default_image_bytes(dir: &Path) -> u64 {
+    const GIB: u64 = 1 << 30;
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .unwrap_or(0);
+    (free / 2).clamp(GIB, 64 * GIB) / GIB * GIB
+}
+
 /// Open the store under `root` with the backend [`BackendChoice::ENV`]
 /// asks for (`auto` when unset); `image_size` is the size of a loop image
 /// made now. See the module documentation.
