@@ -854,3 +854,195 @@ fn daemon_killed_during_snapshot_recovers_cleanly() {
     assert!(!frozen(), "the sandbox was left frozen");
     assert_eq!(env.ok(&["exec", &a, "--", "echo", "alive"]), "alive\n");
 }
+
+/// `snapshot export|import` and `template import` as a user types them:
+/// ids and names alone on stdout, files written whole or not at all, bad
+/// input refused with exit 125 and a message.
+#[test]
+fn export_import_and_template_import_commands() {
+    if !privileged("export_import_and_template_import_commands") {
+        return;
+    }
+    use hull_testkit::oci::{Entry, busybox_layer, image_tar, layer};
+    let env = Env::new();
+    let a = env
+        .ok(&["create", "--template", "busybox"])
+        .trim()
+        .to_string();
+    env.ok(&["exec", &a, "--", "sh", "-c", "echo carried > /c"]);
+    env.ok(&["snapshot", &a, "--name", "s1"]);
+    let file = env.dir.path().join("s1.tar.zst");
+    env.ok(&["snapshot", "export", "s1", "-o", file.to_str().unwrap()]);
+    // Without -o, to a pipe: the same archive format.
+    let piped = env.run(&["snapshot", "export", "s1"]);
+    assert_eq!(code(&piped), 0);
+    assert_eq!(&piped.stdout[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    let id = env.ok(&["snapshot", "import", file.to_str().unwrap(), "--name", "s2"]);
+    let id = id.trim();
+    assert!(id.len() == 12, "the id alone: {id:?}");
+    let b = env.ok(&["create", "--from", "s2"]).trim().to_string();
+    assert_eq!(env.ok(&["exec", &b, "--", "cat", "/c"]), "carried\n");
+    // Refusals: unknown snapshot (no file left behind), a file that is
+    // not an archive, a missing file.
+    let out = env.dir.path().join("none.tar.zst");
+    let r = env.run(&["snapshot", "export", "nope", "-o", out.to_str().unwrap()]);
+    assert_eq!(code(&r), 125, "{r:?}");
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".part")
+            })
+            .count(),
+        0
+    );
+    let junk = env.dir.path().join("junk.tar.zst");
+    std::fs::write(&junk, b"junk").unwrap();
+    let r = env.run(&["snapshot", "import", junk.to_str().unwrap()]);
+    assert_eq!(code(&r), 125);
+    assert!(!String::from_utf8_lossy(&r.stderr).trim().is_empty());
+    let r = env.run(&["template", "import", "/nonexistent/image.tar"]);
+    assert_eq!(code(&r), 125);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("/nonexistent/image.tar"));
+
+    // An OCI image: the name comes from the file name.
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
+    let image = image_tar(
+        &[
+            busybox_layer(&busybox, &["sh", "cat"]),
+            layer(&[
+                Entry::Dir("srv/", 0o755),
+                Entry::File("srv/hello", b"from the image\n", 0o644),
+            ]),
+        ],
+        serde_json::json!({"Env": ["PATH=/bin", "MODE=image"], "WorkingDir": "/srv"}),
+    );
+    let tar = env.dir.path().join("My_App-1.0.tar");
+    std::fs::write(&tar, &image).unwrap();
+    assert_eq!(
+        env.ok(&["template", "import", tar.to_str().unwrap()])
+            .trim(),
+        "my-app-1-0"
+    );
+    assert!(env.ok(&["template", "ls"]).contains("my-app-1-0"));
+    let out = env.ok(&[
+        "run",
+        "--template",
+        "my-app-1-0",
+        "--",
+        "sh",
+        "-c",
+        "cat hello; echo $MODE",
+    ]);
+    assert_eq!(out, "from the image\nimage\n");
+    assert_eq!(
+        env.ok(&[
+            "template",
+            "import",
+            tar.to_str().unwrap(),
+            "--name",
+            "again"
+        ])
+        .trim(),
+        "again"
+    );
+    let r = env.run(&[
+        "template",
+        "import",
+        tar.to_str().unwrap(),
+        "--name",
+        "again",
+    ]);
+    assert_eq!(code(&r), 125);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("already exists"),
+        "{r:?}"
+    );
+    // A build that can't start fails before anything runs.
+    let r = env.run(&[
+        "template",
+        "build",
+        "deb",
+        "--debian",
+        "bookworm",
+        "--packages=-oops",
+    ]);
+    assert_eq!(code(&r), 125);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("-oops"),
+        "{r:?}"
+    );
+}
+
+/// The daemon SIGKILLed while it imports an image: the restarted daemon
+/// lists no template and keeps nothing staged.
+#[test]
+fn daemon_killed_during_import_leaves_nothing() {
+    if !privileged("daemon_killed_during_import") {
+        return;
+    }
+    use hull_testkit::oci::{Entry, image_tar, layer};
+    let env = Env::new();
+    env.ok(&["template", "ls"]);
+    // A big layer (pseudo-random, so gzip keeps it big) so the import takes a while.
+    let mut data = vec![0u8; 160 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let image = image_tar(
+        &[layer(&[Entry::File("big", &data, 0o644)])],
+        serde_json::json!({}),
+    );
+    drop(data);
+    let tar = env.dir.path().join("big.tar");
+    std::fs::write(&tar, &image).unwrap();
+    drop(image);
+    let pid = env.daemon_pid().expect("daemon running");
+    let mut import = env
+        .cmd(&["template", "import", tar.to_str().unwrap(), "--name", "big"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = env.state().join("import");
+    for _ in 0..2000 {
+        if std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    assert!(!import.wait().unwrap().success());
+    for _ in 0..100 {
+        if env.daemon_pid().is_none_or(|p| p != pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ls = env.ok(&["template", "ls"]);
+    assert!(!ls.contains("big"), "{ls}");
+    assert_eq!(
+        std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0),
+        0,
+        "staged files left"
+    );
+    let snaps: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "ls", "--json"])).unwrap();
+    assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 0);
+    // And the same import works afterwards.
+    assert_eq!(
+        env.ok(&["template", "import", tar.to_str().unwrap(), "--name", "big"])
+            .trim(),
+        "big"
+    );
+}

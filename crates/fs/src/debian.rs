@@ -30,7 +30,9 @@
 //! default) plus the listed packages and their hard dependencies (no
 //! Recommends), apt's package lists and cache cleaned out, the host's
 //! `/etc/resolv.conf` and `/etc/hostname` copied in, an
-//! `/etc/apt/sources.list` naming the mirror. With an `https` mirror,
+//! `/etc/apt/sources.list` naming the mirror, and no `/dev` entries
+//! (`--skip=output/dev`: a sandbox gets its own `/dev`, and hull's archive
+//! importer refuses device nodes). With an `https` mirror,
 //! `ca-certificates` is added so that apt inside can use it.
 //!
 //! Limits: component `main` only; one architecture (a foreign one needs
@@ -553,6 +555,9 @@ pub fn plan(spec: &BuildSpec, default_mirror: &str, staging: &Path) -> Result<Pl
         // Without a terminal mmdebstrap prints no progress bars; verbose
         // output (apt's and dpkg's lines) is what progress is derived from.
         "--verbose".into(),
+        // No device nodes in the tar (a sandbox gets its own /dev, and the
+        // importer refuses devices in archives).
+        "--skip=output/dev".into(),
     ];
     if let Some(arch) = &spec.architecture {
         argv.push(format!("--architectures={arch}").into());
@@ -589,6 +594,65 @@ pub fn mmdebstrap_available() -> Result<PathBuf, DebianError> {
         .map(|dir| dir.join("mmdebstrap"))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
         .ok_or(DebianError::NotInstalled)
+}
+
+/// Whether `mirror` answers for `suite`, within 5 s: for http, a `HEAD`
+/// of the suite's `InRelease` answered 200; for https (no TLS here), a TCP
+/// connection. `Err` says what failed, for a message. A quick check
+/// before a build that would otherwise fail minutes later in apt.
+pub fn probe_mirror(mirror: &str, suite: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let (https, rest) = match mirror.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (
+            false,
+            mirror
+                .strip_prefix("http://")
+                .ok_or("the mirror is not an http(s) URL")?,
+        ),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|e| format!("port: {e}"))?),
+        None => (authority, if https { 443 } else { 80 }),
+    };
+    let timeout = Duration::from_secs(5);
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let mut conn = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    if https {
+        return Ok(());
+    }
+    conn.set_read_timeout(Some(timeout))
+        .and_then(|()| conn.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let path = path.trim_end_matches('/');
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    write!(
+        conn,
+        "HEAD {prefix}/dists/{suite}/InRelease HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("asking {host}: {e}"))?;
+    let mut head = [0u8; 128];
+    let n = conn
+        .read(&mut head)
+        .map_err(|e| format!("reading {host}'s answer: {e}"))?;
+    let answer = String::from_utf8_lossy(&head[..n]);
+    let status = answer.lines().next().unwrap_or("");
+    match status.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        Some("404") => Err(format!("{mirror} has no suite {suite:?}")),
+        _ => Err(format!("{host} answered {status:?}")),
+    }
 }
 
 /// The mirror a spec without one uses: the host's Debian mirror
@@ -1432,6 +1496,7 @@ mod tests {
                 "--components=main",
                 "--format=tar",
                 "--verbose",
+                "--skip=output/dev",
                 "--include=hello,git",
                 "--",
                 "bookworm",
@@ -1464,11 +1529,9 @@ mod tests {
         // No packages, http: no --include at all; never a shell or a hook.
         let a = args(&plan(&spec(&[]), DEFAULT_MIRROR, Path::new("/s")).unwrap());
         assert!(!a.iter().any(|x| x.starts_with("--include")));
-        assert!(
-            !a.iter().any(|x| x.contains("hook")
-                || x.starts_with("--aptopt")
-                || x.starts_with("--skip"))
-        );
+        assert!(!a.iter().any(|x| x.contains("hook")
+            || x.starts_with("--aptopt")
+            || (x.starts_with("--skip") && x != "--skip=output/dev")));
         // Positional arguments come after "--".
         let dash = a.iter().position(|x| x == "--").unwrap();
         assert_eq!(a.len() - dash, 4);

@@ -661,6 +661,16 @@ impl Runtime {
                 };
                 let _ = events.blocking_send(ev);
             };
+            let mirror = spec
+                .mirror
+                .clone()
+                .unwrap_or_else(hull_fs::debian::default_mirror);
+            on_event(hull_fs::debian::BuildEvent::Phase(format!(
+                "checking the mirror {mirror}"
+            )));
+            hull_fs::debian::probe_mirror(&mirror, &spec.suite).map_err(|e| {
+                ApiError::unavailable(format!("the Debian mirror is not usable: {e}"))
+            })?;
             hull_fs::debian::build_rootfs_tar(&spec, &tar, Some(&cancel), &mut on_event)
                 .map_err(debian_error)?;
             on_event(hull_fs::debian::BuildEvent::Phase("importing".into()));

@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use common::{Kit, privileged};
 use hull_api::{CreateSandbox, CreateSnapshot, ErrorKind};
-use sha2::Digest;
+use hull_testkit::oci::{Entry, busybox_layer, image_tar, layer};
 
 fn reader(bytes: Vec<u8>) -> hull_runtime::ByteReader {
     Box::pin(std::io::Cursor::new(bytes))
@@ -271,110 +270,8 @@ async fn bad_snapshot_archives_are_refused() {
     kit.finish().await;
 }
 
-/// One layer of an OCI image: `(path, content or None for a directory,
-/// mode)`, plus symlinks as `("path", Some(b"->target"), 0)`.
-fn layer(entries: &[(&str, Option<&[u8]>, u32)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data, mode) in entries {
-        let mut h = tar::Header::new_ustar();
-        h.set_mtime(1_700_000_000);
-        match data {
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(*mode);
-                h.set_size(0);
-                h.set_path(path).unwrap();
-                h.set_cksum();
-                b.append(&h, std::io::empty()).unwrap();
-            }
-            Some(d) if d.starts_with(b"->") => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                h.set_mode(0o777);
-                b.append_link(&mut h, path, std::str::from_utf8(&d[2..]).unwrap())
-                    .unwrap();
-            }
-            Some(d) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(d.len() as u64);
-                h.set_path(path).unwrap();
-                h.set_cksum();
-                b.append(&h, *d).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
-
-fn sha(b: &[u8]) -> String {
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-/// An OCI image layout in a tar: gzipped layers, a config with env,
-/// workdir, user and cmd.
-fn oci_image(layers: &[Vec<u8>], config: serde_json::Value) -> Vec<u8> {
-    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for l in layers {
-        diff_ids.push(format!("sha256:{}", sha(l)));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(l).unwrap();
-        let gz = gz.finish().unwrap();
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": format!("sha256:{}", sha(&gz)), "size": gz.len()
-        }));
-        blobs.push((sha(&gz), gz));
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": config,
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}
-    })
-    .to_string()
-    .into_bytes();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": format!("sha256:{}", sha(&config)), "size": config.len()},
-        "layers": descs
-    })
-    .to_string()
-    .into_bytes();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "digest": format!("sha256:{}", sha(&manifest)), "size": manifest.len(),
-                        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]
-    })
-    .to_string()
-    .into_bytes();
-    blobs.push((sha(&config), config));
-    blobs.push((sha(&manifest), manifest));
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_path(name).unwrap();
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json", &index);
-    for (hex, data) in &blobs {
-        add(&format!("blobs/sha256/{hex}"), data);
-    }
-    b.into_inner().unwrap()
-}
-
-/// A two-layer OCI image (busybox in the first, a whiteout and an opaque
-/// directory in the second) imported as a template: sandboxes of it see
+/// A three-layer OCI image (busybox, then files, then a whiteout and an
+/// opaque directory) imported as a template: sandboxes of it see
 /// the flattened files and start with the image's env, workdir and user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_image_becomes_a_template() {
@@ -382,36 +279,30 @@ async fn oci_image_becomes_a_template() {
         return;
     }
     let busybox = std::fs::read(hull_fs::BUSYBOX_BINARY).expect("busybox-static is installed");
-    let l1 = layer(&[
-        ("bin/", None, 0o755),
-        ("bin/busybox", Some(&busybox), 0o755),
-        ("bin/sh", Some(b"->busybox"), 0),
-        ("bin/cat", Some(b"->busybox"), 0),
-        ("bin/id", Some(b"->busybox"), 0),
-        ("bin/pwd", Some(b"->busybox"), 0),
-        ("bin/ls", Some(b"->busybox"), 0),
-        ("etc/", None, 0o755),
-        (
+    let l1 = busybox_layer(&busybox, &["sh", "cat", "id", "pwd", "ls"]);
+    let l2 = layer(&[
+        Entry::Dir("etc/", 0o755),
+        Entry::File(
             "etc/passwd",
-            Some(b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n"),
+            b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n",
             0o644,
         ),
-        ("etc/group", Some(b"root:x:0:\napp:x:1000:\n"), 0o644),
-        ("app/", None, 0o755),
-        ("app/old", Some(b"old"), 0o644),
-        ("cache/", None, 0o755),
-        ("cache/a", Some(b"a"), 0o644),
+        Entry::File("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644),
+        Entry::Dir("app/", 0o755),
+        Entry::File("app/old", b"old", 0o644),
+        Entry::Dir("cache/", 0o755),
+        Entry::File("cache/a", b"a", 0o644),
     ]);
-    let l2 = layer(&[
-        ("app/", None, 0o777),
-        ("app/.wh.old", Some(b""), 0o644),
-        ("app/new", Some(b"new"), 0o644),
-        ("cache/", None, 0o755),
-        ("cache/.wh..wh..opq", Some(b""), 0o644),
-        ("cache/b", Some(b"b"), 0o644),
+    let l3 = layer(&[
+        Entry::Dir("app/", 0o777),
+        Entry::File("app/.wh.old", b"", 0o644),
+        Entry::File("app/new", b"new", 0o644),
+        Entry::Dir("cache/", 0o755),
+        Entry::File("cache/.wh..wh..opq", b"", 0o644),
+        Entry::File("cache/b", b"b", 0o644),
     ]);
-    let image = oci_image(
-        &[l1, l2],
+    let image = image_tar(
+        &[l1, l2, l3],
         serde_json::json!({
             "Env": ["PATH=/bin", "GREETING=hello from the image"],
             "WorkingDir": "/app", "User": "1000", "Cmd": ["/bin/sh"]
@@ -517,6 +408,97 @@ async fn oci_image_becomes_a_template() {
             .iter()
             .any(|x| x.name == "broken")
     );
+    assert_eq!(staged(&kit), 0);
+    kit.finish().await;
+}
+
+/// The one real Debian build of a CI run: `minbase` bookworm plus `hello`
+/// through the daemon, with progress events, then a sandbox of it runs
+/// `hello`. Skips without mmdebstrap or the mirror (fails instead under
+/// `HULL_TEST_PRIVILEGED=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_template_build_end_to_end() {
+    let test = "debian_template_build_end_to_end";
+    if !privileged(test) {
+        return;
+    }
+    let strict = std::env::var("HULL_TEST_PRIVILEGED").as_deref() == Ok("1");
+    let mirror = hull_fs::debian::default_mirror();
+    let ready = hull_fs::debian::mmdebstrap_available()
+        .map_err(|e| e.to_string())
+        .and_then(|_| hull_fs::debian::probe_mirror(&mirror, "bookworm"));
+    if let Err(why) = ready {
+        assert!(!strict, "{test}: {why}");
+        eprintln!("SKIP {test}: {why}");
+        return;
+    }
+    let kit = Kit::new().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let collect = tokio::spawn(async move {
+        let mut phases = Vec::new();
+        let mut progress = 0;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                hull_api::BuildEvent::Phase { phase } => phases.push(phase),
+                hull_api::BuildEvent::Progress { .. } => progress += 1,
+                _ => {}
+            }
+        }
+        (phases, progress)
+    });
+    let started = std::time::Instant::now();
+    let t = kit
+        .rt
+        .build_template(
+            hull_api::BuildTemplate {
+                name: "deb".into(),
+                debian: "bookworm".into(),
+                packages: vec!["hello".into()],
+                mirror: None,
+            },
+            tx,
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        )
+        .await
+        .expect("the build");
+    eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
+    let (phases, progress) = collect.await.unwrap();
+    assert!(phases.iter().any(|p| p.contains("download")), "{phases:?}");
+    assert!(phases.iter().any(|p| p == "importing"), "{phases:?}");
+    assert!(progress > 0);
+    let cfg = t.config.clone().unwrap();
+    assert!(cfg.source.unwrap().contains("bookworm"));
+    let sb = kit
+        .rt
+        .create(CreateSandbox {
+            template: Some("deb".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = kit
+        .sh(
+            &sb.id,
+            "hello; cut -c1-3 /etc/debian_version; id -un; apt-get --version | head -c 3",
+        )
+        .await;
+    assert_eq!(r.stdout, "Hello, world!\n12.\nroot\napt", "{r:?}");
+    // The same name again is refused before anything runs.
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let e = kit
+        .rt
+        .build_template(
+            hull_api::BuildTemplate {
+                name: "deb".into(),
+                debian: "bookworm".into(),
+                ..Default::default()
+            },
+            tx,
+            Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
     assert_eq!(staged(&kit), 0);
     kit.finish().await;
 }

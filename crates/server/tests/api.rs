@@ -1190,3 +1190,211 @@ async fn snapshot_routes_and_bad_input() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     f.finish().await;
 }
+
+/// Export, import and template routes through HTTP: a real round trip,
+/// then hostile bodies and queries, unknown ids, reserved names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_import_and_template_routes() {
+    if !privileged("export_import_and_template_routes") {
+        return;
+    }
+    use hull_api::{Snapshot, TemplateInfo};
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"template":"busybox"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let sb: Sandbox = serde_json::from_slice(&b).unwrap();
+    let exec = format!("/v1/sandboxes/{}/exec", sb.id);
+    call(
+        &app,
+        "POST",
+        &exec,
+        r#"{"cmd":["sh","-c","echo moved > /m"]}"#,
+    )
+    .await;
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/snapshot", sb.id),
+        r#"{"name":"src"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let src: Snapshot = serde_json::from_slice(&b).unwrap();
+
+    let req = axum::http::Request::builder()
+        .method("GET")
+        .uri("/v1/snapshots/src/export")
+        .body(Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(app.clone(), req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/zstd");
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(&format!("{}.tar.zst", src.id))
+    );
+    let archive = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let (s, b) = call_with(
+        &app,
+        "POST",
+        "/v1/snapshots/import?name=copy",
+        &[("content-type", "application/zstd")],
+        archive.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let copy: Snapshot = serde_json::from_slice(&b).unwrap();
+    assert_eq!((copy.name.as_deref(), copy.parent), (Some("copy"), None));
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"from":"copy"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let c: Sandbox = serde_json::from_slice(&b).unwrap();
+    let (_, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/sandboxes/{}/exec", c.id),
+        r#"{"cmd":["cat","/m"]}"#,
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&b).contains("moved"));
+
+    // Hostile and broken requests.
+    for (method, uri, body, status) in [
+        (
+            "GET",
+            "/v1/snapshots/nope/export",
+            Vec::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            "/v1/snapshots/..%2F..%2Fetc/export",
+            Vec::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import",
+            b"garbage".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import?name=copy",
+            archive.to_vec(),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import?name=Bad_Name",
+            archive.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import?name=import",
+            archive.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/snapshots/import?bogus=1",
+            archive.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/templates/import",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/templates/import?name=t1",
+            b"not a tar".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/templates/import?name=t1",
+            archive.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/templates/import?name=busybox",
+            b"x".to_vec(),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "POST",
+            "/v1/templates/import?name=..",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/templates/import?name=build",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/templates/import?name=ok&source=%0a",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, b) = call_with(&app, method, uri, &[], body).await;
+        assert_eq!(s, status, "{method} {uri}: {}", String::from_utf8_lossy(&b));
+        error_kind(&b);
+    }
+    // Build requests that can't start are plain errors, not streams.
+    for (body, status) in [
+        (
+            r#"{"name":"d","debian":"bookworm","packages":["-o","x"]}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"name":"d","debian":"../../x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"name":"d","debian":"bookworm","mirror":"file:///etc"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"name":"busybox","debian":"bookworm"}"#,
+            StatusCode::CONFLICT,
+        ),
+        (r#"{"name":"d"}"#, StatusCode::BAD_REQUEST),
+        (
+            r#"{"name":"d","debian":"bookworm","extra":1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, b) = call(&app, "POST", "/v1/templates/build", body).await;
+        assert_eq!(s, status, "{body}: {}", String::from_utf8_lossy(&b));
+    }
+    // Nothing half-made is listed.
+    let (_, b) = call(&app, "GET", "/v1/templates", Body::empty()).await;
+    let list: hull_api::TemplateList = serde_json::from_slice(&b).unwrap();
+    let names: Vec<&str> = list
+        .templates
+        .iter()
+        .map(|t: &TemplateInfo| t.name.as_str())
+        .collect();
+    assert_eq!(names, ["host", "busybox", "scratch"]);
+    f.finish().await;
+}

@@ -5,6 +5,8 @@
 //! everything it made even when a test fails.
 #![forbid(unsafe_code)]
 
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 
 /// True when the test may run; false (after a message) when it must skip.
