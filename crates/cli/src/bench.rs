@@ -14,10 +14,12 @@ use crate::client::Client;
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Iterations per measurement.
-    #[arg(short = 'n', long, default_value_t = 500)]
-    pub n: usize,
-    /// Template for hull's sandboxes.
+    /// Iterations per measurement [default: 500; with --snapshots 20, fewer
+    /// for the large snapshots and the forks].
+    #[arg(short = 'n', long)]
+    pub n: Option<usize>,
+    /// Template for hull's sandboxes (not with --snapshots, which imports
+    /// its own).
     #[arg(long, default_value = "busybox")]
     pub template: String,
     /// Idle sandboxes to hold for the footprint measurement (0 skips it).
@@ -26,16 +28,50 @@ pub struct BenchArgs {
     /// Skip the bwrap and crun peers.
     #[arg(long)]
     pub no_peers: bool,
-    /// Measure snapshots instead: snapshot with 10 and 100 MiB changed
-    /// (against `cp -a`), fork 100, rollback, create from a snapshot.
+    /// Measure snapshots instead, on private daemons this command starts
+    /// (one per backend, never the running daemon): snapshot with 10 MiB,
+    /// 100 MiB and 1 GiB changed (against `cp -a`), fork 100, rollback,
+    /// create from small and large templates and their snapshots.
     #[arg(long)]
     pub snapshots: bool,
+    /// With --snapshots: the snapshot store backends to measure.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Both, requires = "snapshots")]
+    pub backend: BenchBackend,
+    /// With --snapshots: bytes of file data in the large template.
+    #[arg(long, default_value = "1G", value_parser = size_arg, requires = "snapshots")]
+    pub template_size: u64,
+    /// With --snapshots: files in the large template (the small one has
+    /// files of the same mean size).
+    #[arg(long, default_value_t = 20_000, requires = "snapshots")]
+    pub template_files: u64,
+    /// With --snapshots: bytes of file data in the small template.
+    #[arg(long, default_value = "10M", value_parser = size_arg, requires = "snapshots")]
+    pub small_size: u64,
+    /// With --snapshots: where the image archives and the private daemons'
+    /// state directories go (a temporary directory in it, removed after).
+    #[arg(long, default_value = "/var/tmp", requires = "snapshots")]
+    pub dir: std::path::PathBuf,
 }
 
+/// Which snapshot store backends `hull bench --snapshots` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchBackend {
+    Overlay,
+    Btrfs,
+    Both,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    hull_api::limits::parse_size(s).map_err(|e| e.message)
+}
+
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Stats {
-    p50: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
     p99: f64,
     mean: f64,
+    pub(crate) n: usize,
 }
 
 pub(crate) fn stats(mut v: Vec<Duration>) -> Stats {
@@ -44,8 +80,10 @@ pub(crate) fn stats(mut v: Vec<Duration>) -> Stats {
     let at = |q: f64| ms(v[((v.len() as f64 - 1.0) * q).round() as usize]);
     Stats {
         p50: at(0.5),
+        p90: at(0.9),
         p99: at(0.99),
         mean: v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64,
+        n: v.len(),
     }
 }
 
@@ -106,25 +144,40 @@ pub(crate) async fn destroy(client: &Client, id: &str) -> anyhow::Result<()> {
         .await?)
 }
 
+/// The ratio column: this p50 over `base`'s.
+fn ratio(s: &Stats, base: Option<&Stats>) -> String {
+    base.map(|b| format!("{:>6.2}x", s.p50 / b.p50))
+        .unwrap_or_else(|| "      -".into())
+}
+
 pub(crate) fn line(name: &str, s: &Stats, base: Option<&Stats>) {
-    let ratio = base
-        .map(|b| format!("{:>6.2}x", s.p50 / b.p50))
-        .unwrap_or_else(|| "      -".into());
+    let ratio = ratio(s, base);
     println!(
         "{name:<44} {:>8.2} {:>8.2} {:>8.2}  {ratio}",
         s.p50, s.p99, s.mean
     );
 }
 
+/// One line of `hull bench --snapshots`: p50, p90 and the number of
+/// samples; `base` gives the ratio column (this line's p50 over base's).
+pub(crate) fn line_p90(name: &str, s: &Stats, base: Option<&Stats>) {
+    let ratio = ratio(s, base);
+    println!(
+        "{name:<52} {:>9.2} {:>9.2} {:>4}  {ratio}",
+        s.p50, s.p90, s.n
+    );
+}
+
+/// `hull bench` against the daemon the client talks to (`--snapshots` is
+/// [`crate::bench_snapshots::run`], on private daemons).
 pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.n >= 1, "-n must be at least 1");
-    if a.snapshots {
-        return crate::bench_snapshots::run(client, a.n, &a.template).await;
-    }
+    let n = a.n.unwrap_or(500);
+    anyhow::ensure!(n >= 1, "-n must be at least 1");
+    anyhow::ensure!(!a.snapshots, "--snapshots runs on private daemons");
     let info: hull_api::HostInfo = client.call(Method::GET, "/v1/info", None::<&()>).await?;
     println!(
         "hull bench: {} iterations, template {}, kernel {}, {} CPUs, cgroups {}",
-        a.n,
+        n,
         a.template,
         info.kernel,
         std::thread::available_parallelism()
@@ -138,22 +191,19 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
         exec_true(client, &s.id).await?;
         destroy(client, &s.id).await?;
     }
-    eprintln!(
-        "measuring create -> exec /bin/true -> destroy ({}x)...",
-        a.n
-    );
-    let mut cycle = Vec::with_capacity(a.n);
-    for _ in 0..a.n {
+    eprintln!("measuring create -> exec /bin/true -> destroy ({}x)...", n);
+    let mut cycle = Vec::with_capacity(n);
+    for _ in 0..n {
         let t = Instant::now();
         let s = create(client, &a.template, Profile::Rollout).await?;
         exec_true(client, &s.id).await?;
         destroy(client, &s.id).await?;
         cycle.push(t.elapsed());
     }
-    eprintln!("measuring exec round trips ({}x)...", a.n);
+    eprintln!("measuring exec round trips ({}x)...", n);
     let s = create(client, &a.template, Profile::Session).await?;
-    let mut rtt = Vec::with_capacity(a.n);
-    for _ in 0..a.n {
+    let mut rtt = Vec::with_capacity(n);
+    for _ in 0..n {
         let t = Instant::now();
         exec_true(client, &s.id).await?;
         rtt.push(t.elapsed());
@@ -179,7 +229,7 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
         let after = mem_available();
         let mut loaded = Vec::new();
         if err.is_none() {
-            for _ in 0..a.n.min(100) {
+            for _ in 0..n.min(100) {
                 let t = Instant::now();
                 let s = create(client, &a.template, Profile::Rollout).await?;
                 exec_true(client, &s.id).await?;
@@ -204,10 +254,10 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
     let (mut bw, mut cr) = (None, None);
     if !a.no_peers {
         let rootfs = bench_peers::Rootfs::new()?;
-        eprintln!("measuring bwrap ({}x)...", a.n);
-        bw = bench_peers::bwrap(&rootfs, a.n)?.map(stats);
-        eprintln!("measuring crun ({}x)...", a.n);
-        cr = match bench_peers::crun(&rootfs, a.n) {
+        eprintln!("measuring bwrap ({}x)...", n);
+        bw = bench_peers::bwrap(&rootfs, n)?.map(stats);
+        eprintln!("measuring crun ({}x)...", n);
+        cr = match bench_peers::crun(&rootfs, n) {
             Ok(v) => v.map(stats),
             Err(e) => {
                 eprintln!("crun: {e:#}");

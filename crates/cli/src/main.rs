@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_daemon;
+mod bench_image;
 mod bench_peers;
 mod bench_snapshots;
 mod client;
@@ -137,7 +139,7 @@ enum Cmd {
     /// What this host supports.
     Info,
     /// Snapshot a sandbox (`hull snapshot ID [--name N]` prints the new id),
-    /// or manage snapshots (`ls`, `inspect`, `rm`).
+    /// or manage snapshots (`ls`, `inspect`, `rm`, `export`, `import`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Snapshot {
         #[command(subcommand)]
@@ -169,8 +171,8 @@ enum Cmd {
         #[arg(long)]
         ttl: Option<String>,
     },
-    /// Templates: `ls`, `save SNAPSHOT NAME` (a template made of a
-    /// snapshot), `rm NAME`.
+    /// Templates: `ls`, `import IMAGE.tar`, `build NAME --debian SUITE`,
+    /// `save SNAPSHOT NAME` (a template made of a snapshot), `rm NAME`.
     Template {
         #[command(subcommand)]
         cmd: TemplateCmd,
@@ -182,7 +184,8 @@ enum Cmd {
     },
     /// Client and daemon versions.
     Version,
-    /// Measure start and exec latency against bwrap and crun.
+    /// Measure start and exec latency against bwrap and crun, or snapshot,
+    /// fork and rollback costs on private daemons (--snapshots).
     Bench(bench::BenchArgs),
     #[command(hide = true)]
     BenchPeer {
@@ -226,7 +229,7 @@ enum SnapshotCmd {
 
 #[derive(Subcommand)]
 enum TemplateCmd {
-    /// List templates: the built-in ones and those saved from snapshots.
+    /// List templates: the built-in ones, then imported, built and saved ones.
     Ls,
     /// Make a template of a snapshot: `hull create --template NAME` then
     /// starts from that snapshot.
@@ -689,6 +692,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             ),
             Err(_) => println!("daemon: not running at {}", client.describe()),
         }
+        return Ok(Outcome::Code(0));
+    }
+    // Snapshot benchmarks run on private daemons, never the running one.
+    if let Cmd::Bench(args) = &cli.cmd
+        && args.snapshots
+    {
+        bench_snapshots::run(args.clone()).await?;
         return Ok(Outcome::Code(0));
     }
     daemon::ensure(&client).await?;

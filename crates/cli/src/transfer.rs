@@ -114,9 +114,22 @@ async fn upload<T: serde::de::DeserializeOwned>(
         n: sent.clone(),
     });
     let result = async {
-        let resp = client
+        let resp = match client
             .send(Method::POST, path, Some(content_type), body)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(crate::client::ClientError::Other(e)) if sent.load(Ordering::Relaxed) > 0 => {
+                return Err(anyhow!(
+                    "the daemon stopped reading {} after {} bytes: it refused the archive \
+                     (its log, {}, says why): {e:#}",
+                    file.display(),
+                    sent.load(Ordering::Relaxed),
+                    "daemon.log in its state directory"
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let bytes = resp
             .into_body()
             .collect()
@@ -208,7 +221,22 @@ pub async fn import_snapshot(
     name: Option<String>,
 ) -> anyhow::Result<Snapshot> {
     let path = match &name {
-        Some(n) => format!("/v1/snapshots/import?name={}", enc(n)),
+        Some(n) => {
+            // Before sending what may be gigabytes (the daemon would refuse
+            // it unread).
+            let exists = client
+                .call::<Snapshot>(
+                    Method::GET,
+                    &format!("/v1/snapshots/{}", enc(n)),
+                    None::<&()>,
+                )
+                .await
+                .is_ok();
+            if exists {
+                bail!("a snapshot named {n:?} already exists");
+            }
+            format!("/v1/snapshots/import?name={}", enc(n))
+        }
         None => "/v1/snapshots/import".to_string(),
     };
     upload(client, &path, file, "application/zstd", "importing").await
@@ -261,6 +289,14 @@ pub async fn import_template(
         Some(n) => n,
         None => name_from_file(file)?,
     };
+    // Before sending what may be gigabytes (the daemon would refuse it
+    // unread).
+    let list: hull_api::TemplateList = client
+        .call(Method::GET, "/v1/templates", None::<&()>)
+        .await?;
+    if list.templates.iter().any(|t| t.name == name) {
+        bail!("a template named {name:?} already exists (hull template rm {name} first)");
+    }
     let mut q = format!("name={}", enc(&name));
     if let Some(r) = &reference {
         q.push_str(&format!("&reference={}", enc(r)));

@@ -37,10 +37,14 @@ use hull_fs::snapshot::{LabelChanges, Labels, Snapshotter};
 use tokio::sync::mpsc;
 
 use crate::snapshots::{
-    L_COMPLETE, L_CREATED, L_ID, L_IMAGE, L_NAME, L_PARTS, L_TEMPLATE, L_TEMPLATE_NAME, L_USER,
-    SnapRecord, image_label, part_key, snapshot_error,
+    L_COMPLETE, L_CREATED, L_ID, L_IMAGE, L_NAME, L_PARTS, L_SIZE, L_TEMPLATE, L_TEMPLATE_NAME,
+    L_USER, SnapRecord, image_label, part_key, snapshot_error,
 };
 use crate::{ByteReader, Runtime, container_error, error_chain, new_id, now};
+
+/// How much of a refused upload is read and dropped so that the client
+/// gets the answer (64 MiB).
+const DRAIN: u64 = 64 << 20;
 
 /// Largest image archive `import_template` takes (64 GiB).
 pub const MAX_IMAGE_ARCHIVE: u64 = 64 << 30;
@@ -278,6 +282,14 @@ impl Runtime {
         below: &[PathBuf],
         meta: &Labels,
     ) -> Result<(), ApiError> {
+        let mut size = 0;
+        for upper in uppers {
+            size += hull_fs::snapshot::dir_usage(upper)
+                .map_err(snapshot_error)?
+                .bytes;
+        }
+        let mut meta = meta.clone();
+        meta.insert(L_SIZE.into(), size.to_string());
         let r = uppers.iter().enumerate().try_for_each(|(n, upper)| {
             let labels = if n == 0 {
                 meta.clone()
@@ -428,7 +440,13 @@ impl Runtime {
         let (manifest, parts) = tokio::task::spawn_blocking(move || {
             let (manifest, uppers) =
                 archive::import_snapshot(&mut input, &dir, ids, &Limits::default(), &mut |_| {})
-                    .map_err(archive_error)?;
+                    .map_err(|e| {
+                        // Read (and drop) a bounded rest of the upload, so
+                        // a client still sending gets this answer rather
+                        // than a broken pipe.
+                        let _ = std::io::copy(&mut (&mut input).take(DRAIN), &mut std::io::sink());
+                        archive_error(e)
+                    })?;
             let template = templates.get(&manifest.template).map_err(|e| {
                 ApiError::invalid(format!(
                     "the snapshot's template is unusable here: {}",
@@ -597,7 +615,7 @@ impl Runtime {
         Ok(TemplateInfo {
             name: name.into(),
             available: true,
-            description: format!("snapshot {} of template {}", rec.id, rec.template),
+            description: rec.describe(),
             note: None,
             snapshot: Some(rec.id),
             config: Some(img),

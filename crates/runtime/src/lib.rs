@@ -352,19 +352,32 @@ impl Runtime {
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(container_error)?
         };
-        let store = Store::open(&config.state_dir.join("hull.db")).map_err(store_error)?;
-        let (snapshots, store_info) = {
+        let host = Arc::new(host);
+        let opened = async {
+            let store = Store::open(&config.state_dir.join("hull.db")).map_err(store_error)?;
             let root = config.state_dir.join("snapshots");
             let c = config.snapshots;
             let image_bytes = c
                 .image_bytes
                 .unwrap_or_else(|| hull_fs::snapshot::default_image_bytes(&config.state_dir));
-            tokio::task::spawn_blocking(move || {
+            let (snapshots, info) = tokio::task::spawn_blocking(move || {
                 hull_fs::snapshot::open_with(&root, image_bytes, c.backend)
             })
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(snapshots::snapshot_error)?
+            .map_err(snapshots::snapshot_error)?;
+            Ok::<_, ApiError>((store, snapshots, info))
+        }
+        .await;
+        let (store, snapshots, store_info) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                // Undo the host-wide setup opening the host made (the
+                // cgroup parent, template mounts) if nothing uses it.
+                let h = host.clone();
+                let _ = tokio::task::spawn_blocking(move || h.release_if_idle()).await;
+                return Err(e);
+            }
         };
         tracing::info!(store = %store_info, "snapshot store opened");
         let rt = Arc::new(Runtime {
@@ -373,15 +386,21 @@ impl Runtime {
             exports: Default::default(),
             snap_lock: tokio::sync::RwLock::new(()),
             probe: hostinfo::probe(),
-            host: Arc::new(host),
+            host,
             store,
             config,
             sandboxes: Mutex::new(HashMap::new()),
             monitor: Mutex::new(None),
         });
         rt.clear_imports();
-        rt.snap_recover()?;
-        rt.recover().await?;
+        let recovered = match rt.snap_recover() {
+            Ok(()) => rt.recover().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recovered {
+            rt.shutdown().await;
+            return Err(e);
+        }
         let weak = Arc::downgrade(&rt);
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(MONITOR_INTERVAL);

@@ -47,6 +47,9 @@ pub(crate) const L_TEMPLATE_NAME: &str = "hull.template-name";
 /// build at the bottom of the snapshot's lineage (inherited by snapshots
 /// of sandboxes born from it).
 pub(crate) const L_IMAGE: &str = "hull.image";
+/// On part 0: bytes of its own files (all parts), measured when it was
+/// made (a btrfs store would otherwise walk whole trees to tell).
+pub(crate) const L_SIZE: &str = "hull.size";
 pub(crate) const L_USER: &str = "label.";
 
 pub(crate) fn snapshot_error(e: SnapshotError) -> ApiError {
@@ -105,9 +108,19 @@ pub(crate) struct SnapRecord {
     pub saved_as: Option<String>,
     /// Defaults from the image it descends from.
     pub image: Option<ImageConfig>,
+    /// Bytes of its own files, when recorded.
+    pub size: Option<u64>,
 }
 
 impl SnapRecord {
+    /// How `hull template ls` describes it as a template.
+    pub(crate) fn describe(&self) -> String {
+        match self.image.as_ref().and_then(|i| i.source.as_ref()) {
+            Some(src) => format!("{src} (snapshot {})", self.id),
+            None => format!("snapshot {} of template {}", self.id, self.template),
+        }
+    }
+
     pub(crate) fn from_labels(labels: &Labels) -> Option<SnapRecord> {
         if labels.get(L_COMPLETE).map(String::as_str) != Some("1") {
             return None;
@@ -128,6 +141,7 @@ impl SnapRecord {
             image: labels
                 .get(L_IMAGE)
                 .and_then(|j| serde_json::from_str(j).ok()),
+            size: labels.get(L_SIZE).and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -174,10 +188,13 @@ impl Runtime {
 
     pub(crate) fn to_api(&self, r: &SnapRecord) -> Snapshot {
         let store = self.store().ok();
-        let size_bytes = (0..r.parts)
-            .filter_map(|n| store.as_ref()?.usage(&part_key(&r.id, n)).ok())
-            .map(|u| u.bytes)
-            .sum();
+        // Snapshots made before the size was recorded are measured now.
+        let size_bytes = r.size.unwrap_or_else(|| {
+            (0..r.parts)
+                .filter_map(|n| store.as_ref()?.usage(&part_key(&r.id, n)).ok())
+                .map(|u| u.bytes)
+                .sum()
+        });
         let backend = store.as_ref().map(|s| s.backend()).unwrap_or("closed");
         Snapshot {
             id: r.id.clone(),
@@ -307,13 +324,19 @@ impl Runtime {
         let host = self.host.clone();
         let was_running = state == SandboxState::Running;
         let (sid2, parent_id) = (sid.clone(), parent.as_ref().map(|p| p.id.clone()));
-        let result = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let result = tokio::task::spawn_blocking(move || -> Result<u64, ApiError> {
             if was_running {
                 host.freeze(&container.id).map_err(container_error)?;
             }
             let copied = (|| {
+                let mut size = 0;
                 for (n, below) in below.iter().enumerate() {
                     let upper = host.upper_dir(&container, n).map_err(container_error)?;
+                    // Measured here, while frozen: the store may not be
+                    // able to tell cheaply later (btrfs: whole trees).
+                    size += hull_fs::snapshot::dir_usage(&upper)
+                        .map_err(snapshot_error)?
+                        .bytes;
                     let labels = if n == 0 {
                         meta.clone()
                     } else {
@@ -330,28 +353,35 @@ impl Runtime {
                         )
                         .map_err(snapshot_error)?;
                 }
-                Ok(())
+                Ok(size)
             })();
             if was_running {
                 let _ = host.thaw(&container.id);
             }
-            copied?;
-            let done: LabelChanges = BTreeMap::from([(L_COMPLETE.into(), Some("1".into()))]);
+            let size = copied?;
+            let done: LabelChanges = BTreeMap::from([
+                (L_COMPLETE.into(), Some("1".into())),
+                (L_SIZE.into(), Some(size.to_string())),
+            ]);
             store
                 .update_labels(&part_key(&sid2, 0), &done)
                 .map_err(snapshot_error)?;
-            Ok(())
+            Ok(size)
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))
         .and_then(|r| r);
-        if let Err(err) = result {
-            let store = self.store()?;
-            for n in 0..parts {
-                let _ = store.remove(&part_key(&sid, n));
+        let size = match result {
+            Ok(size) => size,
+            Err(err) => {
+                let store = self.store()?;
+                for n in 0..parts {
+                    let _ = store.remove(&part_key(&sid, n));
+                }
+                return Err(err);
             }
-            return Err(err);
-        }
+        };
+        complete.insert(L_SIZE.into(), size.to_string());
         self.touch(&e);
         let r = SnapRecord::from_labels(&complete)
             .ok_or_else(|| ApiError::internal(format!("snapshot {sid}: incomplete labels")))?;
@@ -450,7 +480,7 @@ impl Runtime {
                 Some(hull_api::TemplateInfo {
                     name: r.saved_as.clone()?,
                     available: true,
-                    description: format!("snapshot {} of template {}", r.id, r.template),
+                    description: r.describe(),
                     note: None,
                     snapshot: Some(r.id),
                     config: r.image.clone(),
@@ -506,7 +536,7 @@ impl Runtime {
         Ok(hull_api::TemplateInfo {
             name: name.into(),
             available: true,
-            description: format!("snapshot {} of template {}", r.id, r.template),
+            description: r.describe(),
             note: None,
             snapshot: Some(r.id.clone()),
             config: r.image.clone(),

@@ -78,16 +78,19 @@ impl Drop for Cleanup {
                 .build()
                 .unwrap();
             t.block_on(async {
-                if let Ok(rt) = hull_runtime::Runtime::open(hull_runtime::RuntimeConfig {
-                    state_dir: dir,
+                match hull_runtime::Runtime::open(hull_runtime::RuntimeConfig {
+                    state_dir: dir.clone(),
                     guest_binary: guest_binary(),
                     defaults: Limits::default(),
                     snapshots: Default::default(),
                 })
                 .await
                 {
-                    let _ = rt.system_reset().await;
-                    rt.shutdown().await;
+                    Ok(rt) => {
+                        let _ = rt.system_reset().await;
+                        rt.shutdown().await;
+                    }
+                    Err(e) => eprintln!("cleanup of {}: {e}", dir.display()),
                 }
             });
         })

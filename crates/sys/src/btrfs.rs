@@ -819,7 +819,9 @@ impl LoopImage {
     /// Concurrent calls for the same image serialise on an exclusive
     /// `flock` of the image file. Creates `mountpoint` and the image's
     /// directory if missing. An image that is attached to a loop device
-    /// already but not mounted here is refused ([`BtrfsError::ImageBusy`]).
+    /// already but not mounted here (and stays so for 5 s: one unmounted
+    /// just now is released asynchronously) is refused
+    /// ([`BtrfsError::ImageBusy`]).
     pub fn ensure(
         image: &Path,
         size_bytes: u64,
@@ -866,11 +868,18 @@ impl LoopImage {
                 "not a regular file",
             )));
         }
-        if let Some(device) = loop_devices_backing(&image)
-            .map_err(sys("listing the loop devices of", &image))?
-            .into_iter()
-            .next()
-        {
+        // An image unmounted a moment ago may still be attached: its loop
+        // device (autoclear) is released once the kernel lets go of the
+        // filesystem, asynchronously. Give that a few seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut attached =
+            loop_devices_backing(&image).map_err(sys("listing the loop devices of", &image))?;
+        while !attached.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            attached =
+                loop_devices_backing(&image).map_err(sys("listing the loop devices of", &image))?;
+        }
+        if let Some(device) = attached.into_iter().next() {
             return Err(BtrfsError::ImageBusy {
                 image,
                 device,

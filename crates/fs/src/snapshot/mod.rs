@@ -710,6 +710,13 @@ pub trait Snapshotter: Send + Sync {
     fn remove(&self, key: &str) -> Result<(), SnapshotError>;
 }
 
+/// Disk use of the tree at `dir` (an upper directory about to be
+/// committed, say): allocated bytes and distinct inodes, never following
+/// symlinks. Costs a walk of the tree.
+pub fn dir_usage(dir: &Path) -> Result<Usage, SnapshotError> {
+    files::tree_usage(dir, None).map_err(io_error("measuring", dir))
+}
+
 /// Named instants inside multi-step operations at which a backend lets a
 /// test kill the process (the conformance suite does, in a child process,
 /// to prove crash consistency). A backend calls [`crash::point`] at each;

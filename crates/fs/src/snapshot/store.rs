@@ -186,11 +186,14 @@ pub fn open_with(
     let root = root.canonicalize().map_err(io_error("resolving", root))?;
     let l = Layout::new(&root);
     let opened = match choice {
-        BackendChoice::Overlay => l.overlay(format!("forced ({}=overlay)", BackendChoice::ENV)),
+        BackendChoice::Overlay => {
+            l.overlay("forced by configuration (snapshot backend overlay)".to_string())
+        }
         BackendChoice::Btrfs => {
             return l.btrfs(image_size).map_err(|e| match e {
                 Fallback::Image(e) => SnapshotError::Unavailable(format!(
-                    "the btrfs snapshot backend is forced ({}=btrfs), but {} is on {} and a \
+                    "the btrfs snapshot backend is forced by configuration \
+                     (--snapshot-backend, {} or [snapshots] backend), but {} is on {} and a \
                      loop-backed btrfs image could not be made: {}",
                     BackendChoice::ENV,
                     root.display(),
