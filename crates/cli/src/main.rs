@@ -234,7 +234,8 @@ enum TemplateCmd {
     /// Make a template of a snapshot: `hull create --template NAME` then
     /// starts from that snapshot.
     Save { snapshot: String, name: String },
-    /// Forget a saved template (its snapshot stays).
+    /// Remove templates: a saved one only loses its name (its snapshot
+    /// stays); an imported or built one loses its files too.
     Rm {
         #[arg(required = true)]
         names: Vec<String>,

@@ -37,8 +37,8 @@ use hull_fs::snapshot::{LabelChanges, Labels, Snapshotter};
 use tokio::sync::mpsc;
 
 use crate::snapshots::{
-    L_COMPLETE, L_CREATED, L_ID, L_IMAGE, L_NAME, L_PARTS, L_SIZE, L_TEMPLATE, L_TEMPLATE_NAME,
-    L_USER, SnapRecord, image_label, part_key, snapshot_error,
+    L_COMPLETE, L_CREATED, L_ID, L_IMAGE, L_NAME, L_ORIGIN, L_PARTS, L_SIZE, L_TEMPLATE,
+    L_TEMPLATE_NAME, L_USER, SnapRecord, image_label, part_key, snapshot_error,
 };
 use crate::{ByteReader, Runtime, container_error, error_chain, new_id, now};
 
@@ -581,7 +581,7 @@ impl Runtime {
             )
             .map_err(archive_error)?;
             let img = image_defaults(&config, source)?;
-            Runtime::commit_scratch(&*store, &sid2, root, scratch, &img)?;
+            Runtime::commit_scratch(&*store, &sid2, root, scratch, &img, "image")?;
             Ok::<_, ApiError>(img)
         })
         .await
@@ -599,8 +599,9 @@ impl Runtime {
         root: PathBuf,
         scratch: PathBuf,
         img: &ImageConfig,
+        origin: &str,
     ) -> Result<(), ApiError> {
-        let meta = Runtime::scratch_meta(sid, img)?;
+        let meta = Runtime::scratch_meta(sid, img, origin)?;
         Runtime::commit_parts(store, sid, &[root], &[scratch], &meta)
     }
 
@@ -632,9 +633,11 @@ impl Runtime {
         Ok(t.layers[0].source.clone())
     }
 
-    /// Part 0's labels for a new snapshot of `scratch` holding an image.
-    fn scratch_meta(sid: &str, img: &ImageConfig) -> Result<Labels, ApiError> {
+    /// Part 0's labels for a new snapshot of `scratch` holding an image
+    /// (`origin`: `image` or `debian`).
+    fn scratch_meta(sid: &str, img: &ImageConfig, origin: &str) -> Result<Labels, ApiError> {
         Ok(BTreeMap::from([
+            (L_ORIGIN.to_string(), origin.to_string()),
             (L_ID.to_string(), sid.to_string()),
             (L_TEMPLATE.to_string(), hull_fs::SCRATCH.to_string()),
             (L_PARTS.to_string(), "1".to_string()),
@@ -715,7 +718,7 @@ impl Runtime {
                 source: Some(source),
                 ..Default::default()
             };
-            Runtime::commit_scratch(&*store, &sid2, root, scratch, &img)?;
+            Runtime::commit_scratch(&*store, &sid2, root, scratch, &img, "debian")?;
             Ok::<_, ApiError>(img)
         })
         .await

@@ -50,6 +50,9 @@ pub(crate) const L_IMAGE: &str = "hull.image";
 /// On part 0: bytes of its own files (all parts), measured when it was
 /// made (a btrfs store would otherwise walk whole trees to tell).
 pub(crate) const L_SIZE: &str = "hull.size";
+/// On part 0 of a template made by import (`image`) or build (`debian`):
+/// its files exist for the template only, and go when it is removed.
+pub(crate) const L_ORIGIN: &str = "hull.origin";
 pub(crate) const L_USER: &str = "label.";
 
 pub(crate) fn snapshot_error(e: SnapshotError) -> ApiError {
@@ -110,6 +113,8 @@ pub(crate) struct SnapRecord {
     pub image: Option<ImageConfig>,
     /// Bytes of its own files, when recorded.
     pub size: Option<u64>,
+    /// `image` or `debian` for a template imported or built as such.
+    pub origin: Option<String>,
 }
 
 impl SnapRecord {
@@ -142,6 +147,7 @@ impl SnapRecord {
                 .get(L_IMAGE)
                 .and_then(|j| serde_json::from_str(j).ok()),
             size: labels.get(L_SIZE).and_then(|v| v.parse().ok()),
+            origin: labels.get(L_ORIGIN).cloned(),
         })
     }
 }
@@ -412,6 +418,19 @@ impl Runtime {
     pub async fn delete_snapshot(&self, id_or_name: &str) -> Result<(), ApiError> {
         let _names = self.snap_lock.write().await;
         let r = self.snap_lookup(id_or_name)?;
+        if let Some(t) = &r.saved_as {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is template {t}: remove the template first (hull template rm {t})",
+                r.id
+            )));
+        }
+        self.check_unused(&r)?;
+        self.remove_parts(&r)
+    }
+
+    /// Refuse (`conflict`) to delete `r` while something depends on it.
+    /// Under the snapshot lock.
+    fn check_unused(&self, r: &SnapRecord) -> Result<(), ApiError> {
         let users: Vec<String> = self
             .sandboxes
             .lock()
@@ -425,12 +444,6 @@ impl Runtime {
                 "snapshot {} is in use by sandboxes {}: remove them (or roll them back to another snapshot) first",
                 r.id,
                 users.join(", ")
-            )));
-        }
-        if let Some(t) = &r.saved_as {
-            return Err(ApiError::conflict(format!(
-                "snapshot {} is template {t}: remove the template first (hull template rm {t})",
-                r.id
             )));
         }
         if self.exports.busy(&r.id) {
@@ -452,6 +465,12 @@ impl Runtime {
                 children.join(", ")
             )));
         }
+        Ok(())
+    }
+
+    /// Delete `r`'s parts (checked with [`Self::check_unused`], under the
+    /// snapshot lock).
+    fn remove_parts(&self, r: &SnapRecord) -> Result<(), ApiError> {
         let store = self.store()?;
         let own: Vec<PathBuf> = (0..r.parts)
             .filter_map(|n| store.layers(&part_key(&r.id, n)).ok())
@@ -543,7 +562,9 @@ impl Runtime {
         })
     }
 
-    /// Forget a saved template; its snapshot stays (delete it on its own).
+    /// Remove a template. One imported or built deletes its snapshot too
+    /// (refused while sandboxes or snapshots use it); one saved from a
+    /// snapshot only forgets the name (the snapshot stays).
     pub async fn remove_template(&self, name: &str) -> Result<(), ApiError> {
         let _w = self.snap_lock.write().await;
         if self.host.templates().names().contains(&name) {
@@ -551,14 +572,25 @@ impl Runtime {
                 "{name} is a built-in template and cannot be removed"
             )));
         }
-        let id = self
+        let r = self
             .saved_template(name)?
-            .map(|r| r.id)
             .ok_or_else(|| ApiError::not_found(format!("no template named {name:?}")))?;
+        // An imported image or a Debian build exists only as the template:
+        // its files go with it (once nothing uses them). A template saved
+        // from a snapshot leaves that snapshot.
+        let owned = r.origin.is_some();
+        if owned {
+            self.check_unused(&r).map_err(|e| {
+                ApiError::conflict(format!("template {name} is still used: {}", e.message))
+            })?;
+        }
         let unset: LabelChanges = BTreeMap::from([(L_TEMPLATE_NAME.into(), None)]);
         self.store()?
-            .update_labels(&part_key(&id, 0), &unset)
+            .update_labels(&part_key(&r.id, 0), &unset)
             .map_err(snapshot_error)?;
+        if owned {
+            self.remove_parts(&r)?;
+        }
         Ok(())
     }
 

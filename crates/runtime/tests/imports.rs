@@ -29,7 +29,8 @@ fn staged(kit: &Kit) -> usize {
         .unwrap_or(0)
 }
 
-/// A snapshot exported and imported, here and into another daemon's state:
+/// A snapshot exported and imported, here and into another daemon's state
+/// with the other store backend:
 /// files, a deletion of a template file, a symlink, owners and modes come
 /// back; the import has no parent and keeps the name and labels when free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,8 +90,16 @@ async fn export_import_round_trip() {
     let archive = export(&kit, "two").await;
     assert_eq!(&archive[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
 
-    // Into another daemon (another machine, as far as ids go).
-    let other = Kit::new().await;
+    // Into another daemon (another machine, as far as ids go) whose store
+    // has the other backend.
+    let here = kit.rt.host_info().snapshot_store;
+    let there = if here.starts_with("btrfs") {
+        hull_runtime::BackendChoice::Overlay
+    } else {
+        hull_runtime::BackendChoice::Btrfs
+    };
+    let other = Kit::with_backend(there).await;
+    assert!(!other.rt.host_info().snapshot_store.starts_with(&here[..5]));
     let imported = other
         .rt
         .import_snapshot(reader(archive.clone()), None)
@@ -409,6 +418,27 @@ async fn oci_image_becomes_a_template() {
             .any(|x| x.name == "broken")
     );
     assert_eq!(staged(&kit), 0);
+
+    // Removing the template deletes its files, once nothing uses them.
+    let e = kit.rt.remove_template("tiny").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+    assert!(e.message.contains(&sb.id), "{}", e.message);
+    for id in [&sb.id, &sb2.id] {
+        kit.rt.destroy(id).await.unwrap();
+    }
+    let e = kit.rt.remove_template("tiny").await.unwrap_err();
+    assert!(e.message.contains(&s.id), "snapshots on top: {}", e.message);
+    kit.rt.delete_snapshot(&s.id).await.unwrap();
+    kit.rt.remove_template("tiny").await.unwrap();
+    let ids: Vec<String> = kit
+        .rt
+        .list_snapshots(&BTreeMap::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(!ids.contains(t.snapshot.as_ref().unwrap()), "{ids:?}");
     kit.finish().await;
 }
 

@@ -109,9 +109,11 @@ pub(crate) async fn save_template(
     ))
 }
 
-/// Forget a saved template (its snapshot stays); built-in ones can't go.
+/// Remove a template: a saved one only loses its name (its snapshot
+/// stays); an imported or built one loses its files too (409 while
+/// sandboxes or snapshots use them); built-in ones can't go.
 #[utoipa::path(delete, path = "/v1/templates/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn remove_template(
     State(s): State<AppState>,
     Path(name): Path<String>,

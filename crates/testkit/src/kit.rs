@@ -13,6 +13,7 @@ use crate::{assert_host_clean, guest_binary, state_dir};
 pub struct RuntimeKit {
     pub rt: Arc<Runtime>,
     pub dir: tempfile::TempDir,
+    backend: hull_runtime::BackendChoice,
     finished: bool,
 }
 
@@ -40,26 +41,36 @@ impl Drop for RuntimeKit {
 }
 
 impl RuntimeKit {
+    /// A runtime with the snapshot backend `HULL_SNAPSHOT_BACKEND` names
+    /// (`auto` when unset).
     pub async fn new() -> RuntimeKit {
+        let backend = hull_runtime::BackendChoice::from_env()
+            .expect("HULL_SNAPSHOT_BACKEND is auto, overlay or btrfs");
+        Self::with_backend(backend).await
+    }
+
+    /// A runtime whose snapshot store uses `backend` (a btrfs one in a
+    /// 4 GiB loop image when the state directory is not on btrfs).
+    pub async fn with_backend(backend: hull_runtime::BackendChoice) -> RuntimeKit {
         let dir = state_dir("hull-t");
-        let rt = Runtime::open(Self::config(dir.path()))
+        let rt = Runtime::open(Self::config(dir.path(), backend))
             .await
             .expect("runtime opens");
         RuntimeKit {
             rt,
             dir,
+            backend,
             finished: false,
         }
     }
 
-    fn config(state: &std::path::Path) -> RuntimeConfig {
+    fn config(state: &std::path::Path, backend: hull_runtime::BackendChoice) -> RuntimeConfig {
         RuntimeConfig {
             state_dir: state.to_path_buf(),
             guest_binary: guest_binary(),
             defaults: Limits::default(),
             snapshots: hull_runtime::SnapshotStoreConfig {
-                backend: hull_runtime::BackendChoice::from_env()
-                    .expect("HULL_SNAPSHOT_BACKEND is auto, overlay or btrfs"),
+                backend,
                 image_bytes: Some(4 << 30),
             },
         }
@@ -68,7 +79,7 @@ impl RuntimeKit {
     /// Reopen the runtime on the same state directory (a daemon restart).
     pub async fn restart(&mut self) {
         self.rt.shutdown().await;
-        self.rt = Runtime::open(Self::config(self.dir.path()))
+        self.rt = Runtime::open(Self::config(self.dir.path(), self.backend))
             .await
             .expect("runtime reopens");
     }
