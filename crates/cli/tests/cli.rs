@@ -1013,9 +1013,19 @@ fn daemon_killed_during_import_leaves_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let staging = env.state().join("import");
+    let stagings = [
+        env.state().join("import"),
+        env.state().join("snapshots/btrfs/staging"),
+        env.state().join("snapshots/overlay/staging"),
+    ];
+    let staged = || -> usize {
+        stagings
+            .iter()
+            .map(|d| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0))
+            .sum()
+    };
     for _ in 0..2000 {
-        if std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some()) {
+        if staged() > 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -1031,11 +1041,7 @@ fn daemon_killed_during_import_leaves_nothing() {
     }
     let ls = env.ok(&["template", "ls"]);
     assert!(!ls.contains("big"), "{ls}");
-    assert_eq!(
-        std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0),
-        0,
-        "staged files left"
-    );
+    assert_eq!(staged(), 0, "staged files left");
     let snaps: serde_json::Value =
         serde_json::from_str(&env.ok(&["snapshot", "ls", "--json"])).unwrap();
     assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 0);

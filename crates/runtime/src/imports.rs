@@ -4,9 +4,10 @@
 //! `mmdebstrap`. The formats and the hostile-input rules are
 //! `hull_fs::archive`'s; this module stages, commits and names.
 //!
-//! Every import stages its files under `<state>/import/<id>` (removed at
-//! the end, and at every daemon start), commits them into the store as an
-//! *incomplete* snapshot group without holding any lock, and only then,
+//! Every import stages its files in the store's staging directory (on its
+//! filesystem, so that committing them is a reflink on btrfs; else under
+//! `<state>/import`), removed at the end and at every daemon start; it
+//! commits them into the store as an *incomplete* snapshot group without holding any lock, and only then,
 //! under the snapshot lock, checks that its name is still free and marks
 //! the group complete. A daemon killed mid-import leaves an incomplete
 //! group that the next start removes: nothing half-made is ever listed.
@@ -100,8 +101,11 @@ impl Drop for ExportGuard {
 struct Staging(PathBuf);
 
 impl Staging {
+    /// On the store's filesystem where it has a staging directory (a
+    /// commit from there is a reflink on btrfs), else `<state>/import`.
     fn new(rt: &Runtime, id: &str) -> Result<Self, ApiError> {
-        let dir = rt.import_dir().join(id);
+        let base = rt.store()?.staging_dir().unwrap_or_else(|| rt.import_dir());
+        let dir = base.join(id);
         std::fs::create_dir_all(&dir).map_err(|e| {
             ApiError::internal(format!("creating staging directory {}: {e}", dir.display()))
         })?;

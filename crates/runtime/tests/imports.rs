@@ -23,10 +23,20 @@ async fn export(kit: &Kit, id: &str) -> Vec<u8> {
     out
 }
 
+/// Entries in every place an import stages files.
 fn staged(kit: &Kit) -> usize {
-    std::fs::read_dir(kit.dir.path().join("import"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    [
+        "import",
+        "snapshots/btrfs/staging",
+        "snapshots/overlay/staging",
+    ]
+    .iter()
+    .map(|d| {
+        std::fs::read_dir(kit.dir.path().join(d))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    })
+    .sum()
 }
 
 /// A snapshot exported and imported, here and into another daemon's state

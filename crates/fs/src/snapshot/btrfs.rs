@@ -14,6 +14,7 @@
 //! snapshots/<id>     a snapshot's subvolume (<id>: its metadata row id);
 //!                    read-only unless the snapshot is active
 //! tmp/               subvolumes being built
+//! staging/           callers' trees to commit (`Snapshotter::staging_dir`)
 //! ```
 //!
 //! The operations:
@@ -460,6 +461,10 @@ impl Snapshotter for BtrfsSnapshotter {
             Err(e) => return Err(e.into()),
         }
         Ok(u)
+    }
+
+    fn staging_dir(&self) -> Option<PathBuf> {
+        Some(self.store.staging())
     }
 
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {

@@ -698,6 +698,16 @@ pub trait Snapshotter: Send + Sync {
         )))
     }
 
+    /// A directory on the store's own filesystem where callers may build
+    /// trees they will pass to [`Self::commit_from_dir`] (an import's
+    /// files): committing from there copies with reflinks where the
+    /// filesystem has them (btrfs). The caller names and removes its
+    /// entries; the store empties it when opened. `None` when the backend
+    /// has no such place.
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Whether views and active snapshots show the whiteouts and opaque
     /// markers a committed tree keeps for layers below the store (the
     /// `btrfs` backend's plain bind mounts do; overlay mounts hide them).

@@ -10,6 +10,7 @@
 //! snapshots/<id>/fs  a snapshot's own layer (<id>: its metadata row id)
 //! snapshots/<id>/work  overlayfs's work directory, active snapshots only
 //! tmp/               snapshots being built, and removed ones being deleted
+//! staging/           callers' trees to commit (`Snapshotter::staging_dir`)
 //! ```
 //!
 //! How snapshots are realised ([`Mount`]s):
@@ -364,6 +365,10 @@ impl Snapshotter for OverlaySnapshotter {
         let id = self.store.record(key)?.id;
         // Walked without the lock: a concurrent remove shows as NotFound.
         measure(key, &self.store.dir(id).join("fs"), None)
+    }
+
+    fn staging_dir(&self) -> Option<PathBuf> {
+        Some(self.store.staging())
     }
 
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {

@@ -85,7 +85,7 @@ impl<S: Storage> StoreDir<S> {
         let root = root.canonicalize().map_err(io_error("resolving", root))?;
         check(&root)?;
         let lock = lock_root(&root)?;
-        make_dirs(&root, &["snapshots", "tmp"])?;
+        make_dirs(&root, &["snapshots", "tmp", "staging"])?;
         let meta = MetaStore::open(&root.join("metadata.db"))?;
         let s = Self {
             root,
@@ -111,14 +111,22 @@ impl<S: Storage> StoreDir<S> {
         self.root.join("tmp")
     }
 
+    /// `staging/`: where callers build trees to commit (see
+    /// [`Snapshotter::staging_dir`](super::Snapshotter::staging_dir));
+    /// emptied when the store is opened.
+    pub(super) fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
     /// Make the files agree with the metadata: delete everything under
-    /// `tmp/` and every entry of `snapshots/` the metadata doesn't know,
+    /// `tmp/` and `staging/`, every entry of `snapshots/` the metadata doesn't know,
     /// then [`Storage::repair`] each snapshot it knows.
     fn recover(&self) -> Result<(), SnapshotError> {
-        let tmp = self.tmp();
-        for entry in fs::read_dir(&tmp).map_err(io_error("listing", &tmp))? {
-            let entry = entry.map_err(io_error("listing", &tmp))?;
-            S::remove(&entry.path())?;
+        for dir in [self.tmp(), self.staging()] {
+            for entry in fs::read_dir(&dir).map_err(io_error("listing", &dir))? {
+                let entry = entry.map_err(io_error("listing", &dir))?;
+                S::remove(&entry.path())?;
+            }
         }
         let known: HashMap<i64, Kind> = self
             .meta
