@@ -487,6 +487,127 @@ pub enum ExecEvent {
     },
 }
 
+/// Open a persistent `bash` session in a sandbox. Its working directory,
+/// variables, functions and background jobs persist across calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellOpenRequest {
+    /// The session's name, unique in the sandbox: 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    pub session: String,
+    /// Starting directory (the user's home, or `/`, when absent).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to the session's environment (`TERM=dumb`,
+    /// `PAGER=cat` and `GIT_PAGER=cat` unless set here).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A user name from the sandbox's `/etc/passwd`, or `uid[:gid]` (root when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A session that was opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShellOpened {
+    pub session: String,
+    /// The shell's pid inside the sandbox.
+    pub pid: i32,
+}
+
+/// Run one command in a session, as if typed at its prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellRunRequest {
+    /// Shell text (several lines allowed; no NUL bytes; at most 1 MiB).
+    pub command: String,
+    /// Interrupt the command after this many milliseconds (SIGINT to it,
+    /// then SIGKILL); the session survives. 10 minutes when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Interrupt the command once it has printed nothing for this long.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Output budget in bytes (1 MiB when absent, at most 16 MiB); past it
+    /// the head and the tail are kept around a marked cut.
+    #[serde(default)]
+    pub max_output: Option<u64>,
+}
+
+/// How a command in a session ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShellRunResult {
+    /// What the command printed (stdout and stderr merged, as on a
+    /// terminal), as UTF-8 with invalid sequences replaced.
+    pub output: String,
+    /// `$?` after the command; none when its end was not observed.
+    pub exit_code: Option<i32>,
+    /// The timeout interrupted it; `output` is what it printed until then.
+    pub timed_out: bool,
+    /// The idle timeout interrupted it.
+    pub idle_timed_out: bool,
+    /// `output` was cut to the budget (a line in it marks where).
+    pub truncated: bool,
+    /// The session's working directory afterwards.
+    pub cwd: String,
+    /// The command replaced the shell with a new bash (`exec bash`), which
+    /// was taken over: the session goes on.
+    pub shell_replaced: bool,
+    /// The shell is gone (`exit`, killed, or replaced by something other
+    /// than bash): the session no longer exists.
+    pub session_ended: bool,
+    pub duration_ms: u64,
+}
+
+/// Type into a session's terminal, e.g. to answer a prompt or drive an
+/// interactive program (`python3 -i`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellSendRequest {
+    /// Text typed as it is: end a line with `\n`; `\u0003` is Ctrl-C.
+    pub input: String,
+    /// A regular expression: return as soon as the output (its last
+    /// 64 KiB) matches. Without one, return once output pauses for 200 ms.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Stop waiting after this many milliseconds (30 s when absent); nothing is interrupted.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_output: Option<u64>,
+}
+
+/// Output that followed some input.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShellSendResult {
+    /// Output since the previous call, up to the end of the wait.
+    pub output: String,
+    /// `expect` matched.
+    pub matched: bool,
+    /// The timeout passed before `expect` matched.
+    pub timed_out: bool,
+    pub truncated: bool,
+    /// The shell is gone: the session no longer exists.
+    pub session_ended: bool,
+}
+
+/// A shell session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShellSession {
+    pub session: String,
+    pub pid: i32,
+    /// Working directory after its last command.
+    pub cwd: String,
+    /// A call is running in it now.
+    pub busy: bool,
+    pub started_micros: u64,
+}
+
+/// The sandbox's shell sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShellSessions {
+    pub sessions: Vec<ShellSession>,
+}
+
 /// Messages a WebSocket exec client sends after its first (an `ExecRequest`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

@@ -19,6 +19,7 @@ mod bench_snapshots;
 mod client;
 mod cp;
 mod daemon;
+mod shell;
 mod transfer;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,10 @@ enum Cmd {
         #[command(flatten)]
         sb: SandboxOpts,
     },
+    /// A persistent bash session in a sandbox (cwd, variables, functions
+    /// and jobs persist): `-c CMD` runs one command in it and exits with
+    /// its code; without, each line of stdin runs in turn.
+    Shell(shell::ShellArgs),
     /// Run a command in a sandbox.
     Exec {
         #[command(flatten)]
@@ -718,6 +723,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             }
             Ok(ok)
         }
+        Cmd::Shell(args) => Ok(Outcome::Code(shell::shell(&client, args, json_out).await?)),
         Cmd::Exec {
             ex,
             env,

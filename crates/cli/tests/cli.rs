@@ -1052,3 +1052,65 @@ fn daemon_killed_during_import_leaves_nothing() {
         "big"
     );
 }
+
+/// `hull shell` as a user types it: one command with `-c` (exit code
+/// passed on, 124 after `--timeout`), state kept between invocations, a
+/// script on stdin, `--list` and `--close`.
+#[test]
+fn shell_command() {
+    if !privileged("shell_command") {
+        return;
+    }
+    let env = Env::new();
+    let id = env.ok(&["create", "--template", "host"]).trim().to_string();
+    assert_eq!(env.ok(&["shell", &id, "-c", "cd /tmp; export A=1"]), "");
+    assert_eq!(env.ok(&["shell", &id, "-c", "echo $A; pwd"]), "1\n/tmp\n");
+    assert_eq!(
+        code(&env.run(&["shell", &id, "-c", "exit_code() { return 3; }; exit_code"])),
+        3
+    );
+    let r = env.run(&[
+        "shell",
+        &id,
+        "--timeout",
+        "1s",
+        "-c",
+        "echo start; sleep 30",
+    ]);
+    assert_eq!(code(&r), 124, "{r:?}");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("start"));
+    assert_eq!(
+        env.ok(&["shell", &id, "-c", "echo $A"]),
+        "1\n",
+        "the session survived"
+    );
+    // A script on stdin, in another session.
+    let mut child = env
+        .cmd(&["shell", &id, "--session", "two"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cd /etc\nB=2\necho $B $PWD $A\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 /etc\n");
+    let list = env.ok(&["shell", &id, "--list"]);
+    assert!(list.contains("default") && list.contains("two"), "{list}");
+    assert_eq!(
+        env.ok(&["shell", &id, "--session", "two", "--close"])
+            .trim(),
+        "two"
+    );
+    assert!(!env.ok(&["shell", &id, "--list"]).contains("two"));
+    assert_eq!(code(&env.run(&["shell", "no-such-box", "-c", "true"])), 125);
+    assert_eq!(
+        code(&env.run(&["shell", &id, "--session", "../x", "-c", "true"])),
+        125
+    );
+}

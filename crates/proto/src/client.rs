@@ -17,8 +17,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::{
     CHUNK, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, MAX_FRAME,
-    MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, ProcInfo, ProtoError, Request, Response, negotiate,
-    read_frame, write_frame,
+    MAX_SHELL_OUTPUT, MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, ProcInfo, ProtoError, Request,
+    Response, SHELL_PROTOCOL_VERSION, ShellInfo, ShellOpenSpec, ShellRunDone, ShellRunSpec,
+    ShellSendDone, ShellSendSpec, negotiate, read_frame, write_frame,
 };
 
 /// What can go wrong talking to a guest.
@@ -45,6 +46,15 @@ pub enum ClientError {
         "the guest speaks protocol versions {min}..={max}; this host speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
     )]
     Version { min: u32, max: u32 },
+    /// The guest is older than the operation needs.
+    #[error(
+        "the sandbox's guest agent speaks protocol version {have}; {what} needs version {need} (recreate the sandbox with a newer hull)"
+    )]
+    Unsupported {
+        what: &'static str,
+        need: u32,
+        have: u32,
+    },
     #[error("unexpected answer from the guest: {0}")]
     Unexpected(String),
 }
@@ -327,12 +337,103 @@ impl GuestClient {
         }
     }
 
+    fn need_shells(&self) -> Result<(), ClientError> {
+        if self.version < SHELL_PROTOCOL_VERSION {
+            return Err(ClientError::Unsupported {
+                what: "shell sessions",
+                need: SHELL_PROTOCOL_VERSION,
+                have: self.version,
+            });
+        }
+        Ok(())
+    }
+
+    /// Start a shell session; returns the shell's pid.
+    pub async fn shell_open(&self, spec: ShellOpenSpec) -> Result<i32, ClientError> {
+        self.need_shells()?;
+        match self.call(Op::ShellOpen(spec)).await? {
+            Response::ShellOpened { pid } => Ok(pid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Run a command in a session: its output (UTF-8) and how it ended.
+    pub async fn shell_run(
+        &self,
+        spec: ShellRunSpec,
+    ) -> Result<(String, ShellRunDone), ClientError> {
+        self.need_shells()?;
+        let mut conn = self.open(Op::ShellRun(spec)).await?;
+        match shell_output(&mut conn).await? {
+            (out, Response::ShellRan(done)) => Ok((out, done)),
+            (_, other) => Err(unexpected(other)),
+        }
+    }
+
+    /// Type into a session's terminal: the output that followed and how
+    /// the wait ended.
+    pub async fn shell_send(
+        &self,
+        spec: ShellSendSpec,
+    ) -> Result<(String, ShellSendDone), ClientError> {
+        self.need_shells()?;
+        let mut conn = self.open(Op::ShellSend(spec)).await?;
+        match shell_output(&mut conn).await? {
+            (out, Response::ShellSent(done)) => Ok((out, done)),
+            (_, other) => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn shell_close(&self, session: &str) -> Result<(), ClientError> {
+        self.need_shells()?;
+        self.call_ok(Op::ShellClose {
+            session: session.to_string(),
+        })
+        .await
+    }
+
+    pub async fn shell_list(&self) -> Result<Vec<ShellInfo>, ClientError> {
+        self.need_shells()?;
+        match self.call(Op::ShellList).await? {
+            Response::Shells { sessions } => Ok(sessions),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A byte stream to a TCP port on the sandbox's loopback.
     pub async fn connect_tcp(&self, port: u16) -> Result<TcpTunnel, ClientError> {
         let mut conn = self.open(Op::Connect { port, host: None }).await?;
         match recv(&mut conn).await? {
             Response::Connected => Ok(TcpTunnel::new(conn)),
             other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// `Data` frames (the output of a shell call, at most
+/// [`MAX_SHELL_OUTPUT`] plus the truncation note), then one answer.
+async fn shell_output(conn: &mut UnixStream) -> Result<(String, Response), ClientError> {
+    let mut out = Vec::new();
+    loop {
+        match read_frame(conn).await? {
+            Frame::Data(d) => {
+                if out.len() + d.len() > MAX_SHELL_OUTPUT as usize + CHUNK {
+                    return Err(ClientError::Unexpected(
+                        "a shell call's output exceeds its budget".into(),
+                    ));
+                }
+                out.extend_from_slice(&d);
+            }
+            f @ Frame::Control(_) => {
+                let r: Response = f.parse()?;
+                return Ok((String::from_utf8_lossy(&out).into_owned(), r));
+            }
+            other => {
+                return Err(ClientError::Unexpected(format!(
+                    "a {} frame in a shell call's output",
+                    other.kind_name()
+                )));
+            }
         }
     }
 }
@@ -727,6 +828,47 @@ mod tests {
         assert_eq!(client.version(), PROTOCOL_VERSION);
         assert_eq!(client.agent_version(), "scripted");
         assert!(client.procs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shell_calls_gather_output_and_need_version_2() {
+        let g = fake_guest((1, 2), |req, mut c| async move {
+            let Op::ShellRun(spec) = req.op else { return };
+            assert_eq!(spec.command, "echo hi");
+            for d in [&b"h"[..], b"i\n"] {
+                write_frame(&mut c, &Frame::Data(d.to_vec())).await.unwrap();
+            }
+            let done = ShellRunDone {
+                exit_code: Some(0),
+                cwd: "/w".into(),
+                ..Default::default()
+            };
+            answer(&mut c, Response::ShellRan(done)).await;
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        let (out, done) = client
+            .shell_run(ShellRunSpec {
+                session: "s".into(),
+                command: "echo hi".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.as_str(), done.exit_code, done.cwd.as_str()),
+            ("hi\n", Some(0), "/w")
+        );
+        // A version-1 guest is not asked at all.
+        let old = fake_guest((1, 1), |_, _| async { panic!("asked a v1 guest") });
+        let client = GuestClient::connect(&old.0).await.unwrap();
+        assert!(matches!(
+            client.shell_list().await,
+            Err(ClientError::Unsupported {
+                need: 2,
+                have: 1,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]

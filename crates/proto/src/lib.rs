@@ -17,6 +17,8 @@
 //! this connection. The host learns the guest's range once with
 //! [`Op::Hello`] and speaks `min(host max, guest max)`, so a newer daemon
 //! still talks to an older guest that keeps running across a daemon upgrade.
+//! Version 2 added shell sessions (the `shell_*` operations); nothing
+//! else changed, so a version-1 host is served exactly as before.
 //! Messages only ever gain optional fields within a version
 //! (`#[serde(default)]`); unknown fields are ignored.
 //!
@@ -36,7 +38,7 @@ pub mod messages;
 pub use messages::*;
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// The largest frame (kind byte plus body) either side accepts.

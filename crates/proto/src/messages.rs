@@ -16,6 +16,9 @@
 //! | `tar_get` | nothing | `Data` frames (a tar stream), then `Eof` |
 //! | `tar_put` | `Data` frames (a tar stream), then `Eof` | `ok` |
 //! | `connect` | `Data` both ways, `Eof` to half-close | `connected`, then `Data`/`Eof` |
+//! | `shell_open` (v2) | nothing | `shell_opened` |
+//! | `shell_run` / `shell_send` (v2) | nothing | `Data` frames (the output, UTF-8), then `shell_ran` / `shell_sent` |
+//! | `shell_close` / `shell_list` (v2) | nothing | `ok` / `shells` |
 //!
 //! Any step may instead be answered with `error`, after which the guest
 //! closes the connection. Closing a foreground `exec` connection early kills
@@ -132,6 +135,145 @@ pub enum Op {
         #[serde(default)]
         host: Option<String>,
     },
+    /// Start a named, persistent `bash` session (protocol version 2).
+    ShellOpen(ShellOpenSpec),
+    /// Run one command in a session and wait for its end (version 2).
+    ShellRun(ShellRunSpec),
+    /// Type input into a session's terminal and collect output (version 2).
+    ShellSend(ShellSendSpec),
+    /// End a session and every process it started (version 2).
+    ShellClose {
+        session: String,
+    },
+    /// List the sandbox's sessions (version 2).
+    ShellList,
+}
+
+/// The protocol version that added shell sessions.
+pub const SHELL_PROTOCOL_VERSION: u32 = 2;
+/// Sessions one sandbox may hold at once.
+pub const MAX_SHELL_SESSIONS: usize = 32;
+/// Output kept of one shell call when the request names no budget.
+pub const DEFAULT_SHELL_OUTPUT: u64 = 1 << 20;
+/// The largest output budget a shell call may ask for.
+pub const MAX_SHELL_OUTPUT: u64 = 16 << 20;
+/// The largest command or input of one shell call.
+pub const MAX_SHELL_INPUT: usize = 1 << 20;
+
+/// Whether `name` is a valid session name: 1 to 64 of `[A-Za-z0-9_.-]`.
+pub fn valid_session_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// How to start a shell session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShellOpenSpec {
+    /// The session's name, unique in the sandbox (see [`valid_session_name`]).
+    pub session: String,
+    /// Starting directory (the user's home, or `/`, when absent).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to (and overriding) the session's environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// A user name from the sandbox's `/etc/passwd`, or `uid[:gid]` (root when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One command in a session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShellRunSpec {
+    pub session: String,
+    /// Shell text, run as if typed at the prompt (several lines allowed).
+    pub command: String,
+    /// Interrupt the command after this many milliseconds (10 minutes when absent).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Interrupt the command once it has printed nothing for this long.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Keep at most this many bytes of output (head and tail); [`DEFAULT_SHELL_OUTPUT`] when absent.
+    #[serde(default)]
+    pub max_output: Option<u64>,
+}
+
+/// How a `shell_run` ended. The output itself precedes it as `Data` frames.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShellRunDone {
+    /// `$?` after the command; none when its end could not be observed
+    /// (the session ended, or an interrupted command would not stop).
+    pub exit_code: Option<i32>,
+    /// The timeout interrupted the command.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The idle timeout interrupted the command.
+    #[serde(default)]
+    pub idle_timed_out: bool,
+    /// Output was cut to the budget (head and tail kept).
+    #[serde(default)]
+    pub truncated: bool,
+    /// The shell's working directory afterwards (as last known).
+    #[serde(default)]
+    pub cwd: String,
+    /// The command replaced the shell (`exec bash`); the new shell was
+    /// taken over and the session goes on.
+    #[serde(default)]
+    pub shell_replaced: bool,
+    /// The shell is gone (`exit`, killed, replaced by a program that is
+    /// not bash); the session no longer exists.
+    #[serde(default)]
+    pub session_ended: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// Input for a session's terminal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShellSendSpec {
+    pub session: String,
+    /// Bytes typed into the terminal as they are (add `\n` to end a line).
+    pub input: String,
+    /// A regular expression: return as soon as the output matches it.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Give up waiting after this many milliseconds (30 s when absent).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_output: Option<u64>,
+}
+
+/// How a `shell_send` ended. The output precedes it as `Data` frames.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShellSendDone {
+    /// `expect` matched the output.
+    #[serde(default)]
+    pub matched: bool,
+    /// The timeout passed first (nothing is interrupted).
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub session_ended: bool,
+}
+
+/// A session, as `shell_list` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShellInfo {
+    pub session: String,
+    /// The shell's pid inside the sandbox.
+    pub pid: i32,
+    /// Working directory after the last command.
+    pub cwd: String,
+    /// A call is running in it now.
+    pub busy: bool,
+    /// Start time, microseconds since the Unix epoch.
+    pub started_micros: u64,
 }
 
 fn yes() -> bool {
@@ -211,6 +353,14 @@ pub enum Response {
         truncated: bool,
     },
     Connected,
+    ShellOpened {
+        pid: i32,
+    },
+    ShellRan(ShellRunDone),
+    ShellSent(ShellSendDone),
+    Shells {
+        sessions: Vec<ShellInfo>,
+    },
     Ok,
     Error(GuestError),
 }

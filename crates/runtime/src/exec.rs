@@ -48,7 +48,7 @@ pub(crate) fn reason(r: GuestErrorReason) -> ErrorReason {
 
 /// Mark `e` active every [`ACTIVITY_INTERVAL`]. Never returns: run it
 /// beside the work it covers (`select!`), which then ends it.
-async fn keep_active(e: &Entry) -> Infallible {
+pub(crate) async fn keep_active(e: &Entry) -> Infallible {
     let mut tick = tokio::time::interval(ACTIVITY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -107,16 +107,7 @@ fn validate(req: &ExecRequest) -> Result<(), ApiError> {
             "timeout_seconds {t} must be positive and at most 30 days"
         )));
     }
-    if let Some(c) = &req.cwd
-        && (c.contains('\0') || c.len() > 4096)
-    {
-        return Err(ApiError::invalid("cwd must be a path without NUL"));
-    }
-    if let Some(u) = &req.user
-        && (u.is_empty() || u.len() > 64 || u.contains(['\0', '/', '\n']))
-    {
-        return Err(ApiError::invalid(format!("invalid user {u:?}")));
-    }
+    check_cwd_user(req.cwd.as_deref(), req.user.as_deref())?;
     if let Some(s) = &req.stdin
         && s.len() > EXEC_OUTPUT_LIMIT
     {
@@ -403,6 +394,23 @@ impl Runtime {
             input: in_tx,
         }
     }
+}
+
+/// A process's working directory (no NUL, at most 4096 bytes) and user (a
+/// name or `uid[:gid]`: 1 to 64 bytes, no NUL, `/` or newline), as exec
+/// and shell sessions take them.
+pub(crate) fn check_cwd_user(cwd: Option<&str>, user: Option<&str>) -> Result<(), ApiError> {
+    if let Some(c) = cwd
+        && (c.contains('\0') || c.len() > 4096)
+    {
+        return Err(ApiError::invalid("cwd must be a path without NUL"));
+    }
+    if let Some(u) = user
+        && (u.is_empty() || u.len() > 64 || u.contains(['\0', '/', '\n']))
+    {
+        return Err(ApiError::invalid(format!("invalid user {u:?}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

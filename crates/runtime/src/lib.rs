@@ -17,6 +17,7 @@ mod exec;
 mod files;
 pub mod hostinfo;
 mod imports;
+mod shell;
 mod snapshots;
 pub mod state;
 pub mod store;

@@ -36,6 +36,7 @@ mod exec;
 mod files;
 mod openapi;
 mod sandboxes;
+mod shell;
 mod snapshots;
 
 use std::net::SocketAddr;
@@ -90,6 +91,7 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
     use exec::*;
     use files::*;
     use sandboxes::*;
+    use shell::*;
     use snapshots::*;
     let state = AppState { rt, max_upload };
     let api = Router::new()
@@ -119,6 +121,13 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
             "/v1/sandboxes/{id}/files/archive",
             get(archive_get).put(archive_put),
         )
+        .route(
+            "/v1/sandboxes/{id}/shells",
+            post(shell_open).get(shell_list),
+        )
+        .route("/v1/sandboxes/{id}/shells/{session}", delete(shell_close))
+        .route("/v1/sandboxes/{id}/shells/{session}/run", post(shell_run))
+        .route("/v1/sandboxes/{id}/shells/{session}/send", post(shell_send))
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
         .route("/v1/sandboxes/{id}/rollback", post(rollback))
         .route("/v1/snapshots", get(list_snapshots))

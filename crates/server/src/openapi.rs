@@ -9,6 +9,7 @@ use utoipa::OpenApi;
 use crate::exec::*;
 use crate::files::*;
 use crate::sandboxes::*;
+use crate::shell::*;
 use crate::snapshots::*;
 
 #[derive(OpenApi)]
@@ -44,6 +45,11 @@ use crate::snapshots::*;
         rename,
         archive_get,
         archive_put,
+        shell_open,
+        shell_list,
+        shell_run,
+        shell_send,
+        shell_close,
         snapshot,
         rollback,
         list_snapshots,

@@ -1398,3 +1398,155 @@ async fn export_import_and_template_routes() {
     assert_eq!(names, ["host", "busybox", "scratch"]);
     f.finish().await;
 }
+
+/// Shell session routes: state persists across calls, a timeout keeps the
+/// session, typed input reaches a prompt; bad names, unknown sessions and
+/// sandboxes, duplicates and unknown fields are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_session_routes() {
+    if !privileged("shell_session_routes") {
+        return;
+    }
+    use hull_api::{ShellRunResult, ShellSendResult, ShellSessions};
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"template":"host"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let sb: Sandbox = serde_json::from_slice(&b).unwrap();
+    let shells = format!("/v1/sandboxes/{}/shells", sb.id);
+    let (s, b) = call(&app, "POST", &shells, r#"{"session":"main"}"#).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let run = |cmd: &str, extra: &str| {
+        let body = serde_json::json!({"command": cmd}).to_string();
+        let body = if extra.is_empty() {
+            body
+        } else {
+            format!("{},{extra}}}", &body[..body.len() - 1])
+        };
+        let app = app.clone();
+        let uri = format!("{shells}/main/run");
+        async move {
+            let (s, b) = call(&app, "POST", &uri, body).await;
+            assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+            serde_json::from_slice::<ShellRunResult>(&b).unwrap()
+        }
+    };
+    let r = run("cd /tmp && export X=5 && f() { echo fn$1; }", "").await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let r = run("echo $X; f 1; pwd; false", "").await;
+    assert_eq!(
+        (r.output.as_str(), r.exit_code),
+        ("5\nfn1\n/tmp\n", Some(1))
+    );
+    let r = run("echo before; sleep 10", r#""timeout_ms":300"#).await;
+    assert!(r.timed_out && r.output.contains("before"), "{r:?}");
+    let r = run("echo $X; pwd", "").await;
+    assert_eq!(r.output, "5\n/tmp\n", "the session survived the timeout");
+    // Typed input answers a prompt.
+    let r = run("read -p 'name? ' n; echo hi $n", r#""timeout_ms":300"#).await;
+    assert!(r.timed_out, "read waits for input: {r:?}");
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{shells}/main/run"),
+        r#"{"command":"read -r -p 'name? ' n; echo hi $n","timeout_ms":5000,"bogus":1}"#,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{shells}/main/send"),
+        r#"{"input":"echo typed\n","expect":"typed"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let sent: ShellSendResult = serde_json::from_slice(&b).unwrap();
+    assert!(sent.matched && sent.output.contains("typed"), "{sent:?}");
+    let (_, b) = call(&app, "GET", &shells, Body::empty()).await;
+    let list: ShellSessions = serde_json::from_slice(&b).unwrap();
+    assert_eq!(list.sessions.len(), 1);
+    assert_eq!(list.sessions[0].session, "main");
+
+    for (method, uri, body, status) in [
+        (
+            "POST",
+            shells.clone(),
+            r#"{"session":"main"}"#,
+            StatusCode::CONFLICT,
+        ),
+        (
+            "POST",
+            shells.clone(),
+            r#"{"session":"../x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            shells.clone(),
+            r#"{"session":""}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            shells.clone(),
+            r#"{"session":"a","extra":true}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            format!("{shells}/nope/run"),
+            r#"{"command":"true"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            format!("{shells}/main/run"),
+            r#"{"command":"a\u0000b"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            format!("{shells}/main/send"),
+            r#"{"input":"x","expect":"("}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/nope/shells".to_string(),
+            r#"{"session":"a"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "DELETE",
+            format!("{shells}/nope"),
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (s, b) = call(&app, method, &uri, body.to_string()).await;
+        assert_eq!(
+            s,
+            status,
+            "{method} {uri} {body}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        error_kind(&b);
+    }
+    let (s, _) = call(&app, "DELETE", &format!("{shells}/main"), Body::empty()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("{shells}/main/run"),
+        r#"{"command":"true"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    f.finish().await;
+}

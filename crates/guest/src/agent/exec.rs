@@ -117,7 +117,7 @@ struct Hub {
 }
 
 /// How a process ended: exit code or signal.
-type Ended = (Option<i32>, Option<i32>);
+pub(crate) type Ended = (Option<i32>, Option<i32>);
 
 /// Input for the process: stdin bytes in order, then EOF (None).
 type StdinTx = mpsc::Sender<Option<Vec<u8>>>;
@@ -343,7 +343,7 @@ pub(crate) fn start_signal_forwarding(agent: Arc<Agent>) -> io::Result<()> {
 /// exactly `AsyncFd::register`'s contract (unsafe, and unsafe code is
 /// confined to `hull-sys`).
 #[allow(deprecated)]
-fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     set_nonblocking(&fd)?;
     AsyncFd::new(fd)
 }
@@ -386,7 +386,7 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Look `prog` up in `path` (a `PATH` value) the way a shell would.
-fn lookup(prog: &str, path: &str, cwd: &str) -> Option<String> {
+pub(crate) fn lookup(prog: &str, path: &str, cwd: &str) -> Option<String> {
     if prog.contains('/') {
         return Some(prog.to_string());
     }
@@ -442,33 +442,42 @@ struct Started {
     sub: Option<mpsc::Receiver<Event>>,
 }
 
-/// Spawn a process per `spec` and its supervisor.
-fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
+/// Who a process runs as, with what environment, where.
+pub(crate) struct Launch {
+    pub user: Option<user::User>,
+    /// The user as the request (or the agent's default) named it.
+    pub user_spec: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+}
+
+/// Check and resolve a request's identity, environment and working
+/// directory: the base environment, then `HOME`/`USER`/`LOGNAME`, then
+/// `extra` (defaults the request can override), then the request's own.
+pub(crate) fn launch(
+    agent: &Agent,
+    user_req: Option<&String>,
+    req_env: &[(String, String)],
+    cwd_req: Option<&String>,
+    extra: &[(&str, &str)],
+) -> Result<Launch, GuestError> {
     let invalid = |m: String| GuestError::new(GuestErrorKind::InvalidArgument, m);
-    if spec.argv.is_empty() || spec.argv[0].is_empty() {
-        return Err(invalid("exec needs a command (argv is empty)".into()));
-    }
-    if spec
-        .argv
+    if req_env
         .iter()
-        .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
+        .flat_map(|(k, v)| [k, v])
         .any(|s| s.contains('\0'))
     {
         return Err(invalid(
             "arguments and environment must not contain NUL bytes".into(),
         ));
     }
-    if spec
-        .env
-        .iter()
-        .any(|(k, _)| k.is_empty() || k.contains('='))
-    {
+    if req_env.iter().any(|(k, _)| k.is_empty() || k.contains('=')) {
         return Err(invalid(
             "environment names must be non-empty and contain no '='".into(),
         ));
     }
     let cfg = &agent.config;
-    let user_spec = spec.user.clone().or_else(|| cfg.default_user.clone());
+    let user_spec = user_req.cloned().or_else(|| cfg.default_user.clone());
     let user = match &user_spec {
         Some(u) => Some(user::resolve(agent.root.as_fd(), u)?),
         None => None,
@@ -486,10 +495,12 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
     set("HOME", home.clone());
     set("USER", name.clone());
     set("LOGNAME", name);
-    if spec.pty.is_some() && !spec.env.iter().any(|(k, _)| k == "TERM") {
-        set("TERM", "xterm-256color".into());
+    for (k, v) in extra {
+        if !req_env.iter().any(|(rk, _)| rk == k) {
+            set(k, v.to_string());
+        }
     }
-    for (k, v) in &spec.env {
+    for (k, v) in req_env {
         set(k, v.clone());
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
@@ -498,7 +509,7 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ));
     }
-    let cwd = match spec.cwd.clone().or_else(|| cfg.default_cwd.clone()) {
+    let cwd = match cwd_req.cloned().or_else(|| cfg.default_cwd.clone()) {
         Some(c) => {
             if !c.starts_with('/') {
                 return Err(invalid(format!(
@@ -517,11 +528,64 @@ fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
         None if std::path::Path::new(&home).is_dir() => home,
         None => "/".to_string(),
     };
-    let path = env
-        .iter()
+    Ok(Launch {
+        user,
+        user_spec,
+        env,
+        cwd,
+    })
+}
+
+/// The `PATH` of an environment.
+pub(crate) fn path_of(env: &[(String, String)]) -> String {
+    env.iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Spawn `cmd` and register its pid with the reaper under the registry
+/// lock (see the module docs); the receiver gets its exit status.
+pub(crate) fn spawn_tracked(
+    agent: &Agent,
+    cmd: &mut Command,
+) -> io::Result<(std::process::Child, oneshot::Receiver<Ended>)> {
+    let mut inner = lock(&agent.procs.inner);
+    let child = cmd.spawn()?;
+    let (tx, rx) = oneshot::channel();
+    inner.waiters.insert(child.id() as i32, tx);
+    Ok((child, rx))
+}
+
+/// Spawn a process per `spec` and its supervisor.
+fn start(agent: &Arc<Agent>, spec: &ExecSpec) -> Result<Started, GuestError> {
+    let invalid = |m: String| GuestError::new(GuestErrorKind::InvalidArgument, m);
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err(invalid("exec needs a command (argv is empty)".into()));
+    }
+    if spec.argv.iter().any(|s| s.contains('\0')) {
+        return Err(invalid(
+            "arguments and environment must not contain NUL bytes".into(),
+        ));
+    }
+    let tty_env: &[(&str, &str)] = if spec.pty.is_some() {
+        &[("TERM", "xterm-256color")]
+    } else {
+        &[]
+    };
+    let Launch {
+        user,
+        user_spec,
+        env,
+        cwd,
+    } = launch(
+        agent,
+        spec.user.as_ref(),
+        &spec.env,
+        spec.cwd.as_ref(),
+        tty_env,
+    )?;
+    let path = path_of(&env);
     let prog = lookup(&spec.argv[0], &path, &cwd).ok_or_else(|| not_found(&spec.argv[0]))?;
 
     let mut cmd = Command::new(&prog);

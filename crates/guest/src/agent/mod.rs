@@ -8,6 +8,7 @@
 //! [`tarball`]) resolve every path as if chrooted at [`AgentConfig::root`]
 //! with `openat2(RESOLVE_IN_ROOT)`, so `..` and symlinks never leave it.
 //! [`tcp`] tunnels a TCP connection to a port inside the sandbox.
+//! [`shell`] keeps persistent `bash` sessions.
 //!
 //! Limits: exec paths (program, working directory) are resolved in the
 //! agent's own mount namespace, not under `root` (inside a sandbox the two
@@ -19,6 +20,7 @@
 mod exec;
 mod files;
 mod paths;
+mod shell;
 mod tarball;
 mod tcp;
 mod user;
@@ -64,6 +66,7 @@ pub(crate) struct Agent {
     /// The root directory (`O_PATH`), opened once.
     root: OwnedFd,
     procs: exec::Registry,
+    shells: shell::Shells,
 }
 
 /// Serve the protocol on `listener` until the process ends. Returns only if
@@ -82,6 +85,7 @@ pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
             config,
             root,
             procs: exec::Registry::default(),
+            shells: shell::Shells::default(),
         });
         exec::start_reaper(agent.clone(), pid1)?;
         if pid1 {
@@ -185,6 +189,11 @@ impl Agent {
                 let _ = send(&mut conn, &resp).await;
             }
             Op::Connect { port, host } => tcp::connect(conn, port, host).await,
+            op @ (Op::ShellOpen(_)
+            | Op::ShellRun(_)
+            | Op::ShellSend(_)
+            | Op::ShellClose { .. }
+            | Op::ShellList) => shell::serve(self, conn, op).await,
             op => {
                 // File operations use blocking *at system calls: run them on
                 // the blocking pool over a blocking socket.
