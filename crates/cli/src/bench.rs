@@ -170,6 +170,38 @@ pub(crate) fn line_p90(name: &str, s: &Stats, base: Option<&Stats>) {
 
 /// `hull bench` against the daemon the client talks to (`--snapshots` is
 /// [`crate::bench_snapshots::run`], on private daemons).
+/// `n` runs of `true` in a warm shell session of a `host` sandbox (bash is
+/// needed), through the API.
+async fn shell_round_trips(client: &Client, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let s = create(client, "host", Profile::Session).await?;
+    let result = async {
+        let base = format!("/v1/sandboxes/{}/shells", s.id);
+        let open = hull_api::ShellOpenRequest {
+            session: "bench".into(),
+            ..Default::default()
+        };
+        let _: hull_api::ShellOpened = client.call(Method::POST, &base, Some(&open)).await?;
+        let run = hull_api::ShellRunRequest {
+            command: "true".into(),
+            ..Default::default()
+        };
+        let path = format!("{base}/bench/run");
+        let mut t = Vec::with_capacity(n);
+        for i in 0..n + 20 {
+            let start = Instant::now();
+            let r: hull_api::ShellRunResult = client.call(Method::POST, &path, Some(&run)).await?;
+            anyhow::ensure!(r.exit_code == Some(0), "true exited {:?}", r.exit_code);
+            if i >= 20 {
+                t.push(start.elapsed());
+            }
+        }
+        Ok(t)
+    }
+    .await;
+    destroy(client, &s.id).await?;
+    result
+}
+
 pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
     let n = a.n.unwrap_or(500);
     anyhow::ensure!(n >= 1, "-n must be at least 1");
@@ -209,6 +241,9 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
         rtt.push(t.elapsed());
     }
     destroy(client, &s.id).await?;
+
+    eprintln!("measuring shell session round trips ({}x)...", n);
+    let shell = shell_round_trips(client, n).await;
 
     let mut idle_result = None;
     if a.idle > 0 {
@@ -276,13 +311,23 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
     line("hull: create + exec true + destroy (API)", &cycle, None);
     match &bw {
         Some(b) => line("bwrap: one-shot /bin/true", b, Some(&cycle)),
+        None if a.no_peers => {}
         None => println!("bwrap: not installed (apt-get install bubblewrap)"),
     }
     match &cr {
         Some(c) => line("crun: run /bin/true", c, Some(&cycle)),
+        None if a.no_peers => {}
         None => println!("crun: not installed or failed (apt-get install crun)"),
     }
     line("hull: exec true in a running sandbox", &rtt, None);
+    match shell {
+        Ok(sh) => line(
+            "hull: `true` in a warm shell session",
+            &stats(sh),
+            Some(&rtt),
+        ),
+        Err(e) => println!("hull: shell sessions not measured: {e:#}"),
+    }
     if let Some((n, per, loaded)) = &idle_result {
         println!(
             "{:<44} {:>8.2} MiB per sandbox (MemAvailable drop / {n})",
