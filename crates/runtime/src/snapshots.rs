@@ -176,6 +176,15 @@ impl Runtime {
         if id_or_name.is_empty() || id_or_name.len() > 63 {
             return Err(ApiError::not_found(format!("no snapshot {id_or_name:?}")));
         }
+        // An id is one key lookup (a fork of 100 does 100 of these); a
+        // name needs the walk. Ids win over names.
+        if hull_api::validate_dns_label("id", id_or_name).is_ok()
+            && let Ok(info) = self.store()?.stat(&part_key(id_or_name, 0))
+            && let Some(r) = SnapRecord::from_labels(&info.labels)
+            && r.id == id_or_name
+        {
+            return Ok(r);
+        }
         self.snap_records()?
             .into_iter()
             .find(|r| r.id == id_or_name || r.name.as_deref() == Some(id_or_name))
