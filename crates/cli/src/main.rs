@@ -19,6 +19,7 @@ mod bench_snapshots;
 mod client;
 mod cp;
 mod daemon;
+mod mcp;
 mod shell;
 mod transfer;
 
@@ -189,6 +190,8 @@ enum Cmd {
     },
     /// Client and daemon versions.
     Version,
+    /// An MCP server on stdio, bridged to the daemon's `/mcp` endpoint.
+    Mcp,
     /// Measure start and exec latency against bwrap and crun, or snapshot,
     /// fork and rollback costs on private daemons (--snapshots).
     Bench(bench::BenchArgs),
@@ -874,6 +877,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             }
             Ok(ok)
         }
+        Cmd::Mcp => mcp::bridge(&client).await.map(|()| ok),
         Cmd::Info => {
             let i: HostInfo = client.call(Method::GET, "/v1/info", None::<&()>).await?;
             if json_out {

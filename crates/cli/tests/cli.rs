@@ -1114,3 +1114,95 @@ fn shell_command() {
         125
     );
 }
+
+#[test]
+fn mcp_over_stdio() {
+    if !privileged("mcp_over_stdio") {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let env = Env::new();
+    // `hull mcp` starts the daemon itself, like every command.
+    let mut child = env
+        .cmd(&["mcp"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut rpc = |msg: serde_json::Value| -> Option<serde_json::Value> {
+        writeln!(stdin, "{msg}").unwrap();
+        msg.get("id")?;
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not one JSON message per line ({e}): {line:?}"));
+        assert_eq!(v["id"], msg["id"], "{v}");
+        Some(v)
+    };
+    let init = rpc(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "cli-test", "version": "0"}}}),
+    )
+    .unwrap();
+    assert_eq!(init["result"]["serverInfo"]["name"], "hull", "{init}");
+    assert!(
+        rpc(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).is_none()
+    );
+    let tools =
+        rpc(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).unwrap();
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"exec") && names.contains(&"shell_run"),
+        "{names:?}"
+    );
+    let call = |id: u64, name: &str, args: serde_json::Value| {
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": args}})
+    };
+    let r = rpc(call(
+        3,
+        "sandbox_create",
+        serde_json::json!({"template": "busybox"}),
+    ))
+    .unwrap();
+    let sb = r["result"]["structuredContent"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    let r = rpc(call(
+        4,
+        "exec",
+        serde_json::json!({"sandbox": sb, "command": "echo hi"}),
+    ))
+    .unwrap();
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "hi\n", "{r}");
+    let r = rpc(call(
+        5,
+        "sandbox_inspect",
+        serde_json::json!({"sandbox": "nope"}),
+    ))
+    .unwrap();
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    let r = rpc(call(
+        6,
+        "sandbox_destroy",
+        serde_json::json!({"sandbox": sb}),
+    ))
+    .unwrap();
+    assert_eq!(r["result"]["isError"], false, "{r}");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "hull mcp ends cleanly at the end of stdin"
+    );
+    assert_eq!(env.sandbox_count(), 0);
+}

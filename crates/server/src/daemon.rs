@@ -28,7 +28,7 @@ use std::time::Duration;
 use hull_api::ApiError;
 use hull_runtime::{Runtime, RuntimeConfig};
 
-use crate::{Auth, ServerConfig, router};
+use crate::{Auth, ServerConfig, router_until};
 
 /// The token file's name in the state directory.
 pub const TOKEN_FILE: &str = "token";
@@ -330,7 +330,14 @@ pub async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut servers = tokio::task::JoinSet::new();
-    let unix_app = router(rt.clone(), Auth::None, cfg.max_upload_bytes);
+    // Ends MCP sessions (their open streams) when the daemon stops.
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let unix_app = router_until(
+        rt.clone(),
+        Auth::None,
+        cfg.max_upload_bytes,
+        mcp_stop.clone(),
+    );
     servers.spawn(
         axum::serve(unix_listener, unix_app)
             .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -341,10 +348,11 @@ pub async fn serve(
             addr: cfg.listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
             source,
         })?;
-        let app = router(
+        let app = router_until(
             rt.clone(),
             Auth::Bearer(Arc::new(token)),
             cfg.max_upload_bytes,
+            mcp_stop.clone(),
         );
         servers.spawn(
             axum::serve(l, app)
@@ -380,6 +388,7 @@ pub async fn serve(
     }
     eprintln!("hull: shutting down (sandboxes keep running)");
     let _ = stop_tx.send(true);
+    mcp_stop.cancel();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while servers.join_next().await.is_some() {}
     })

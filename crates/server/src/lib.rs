@@ -34,6 +34,7 @@ mod daemon;
 mod error;
 mod exec;
 mod files;
+mod mcp;
 mod openapi;
 mod sandboxes;
 mod shell;
@@ -47,6 +48,7 @@ use axum::Router;
 use axum::routing::{delete, get, post, put};
 use hull_api::Limits;
 use hull_runtime::Runtime;
+use tokio_util::sync::CancellationToken;
 
 pub use auth::Auth;
 pub use config::DEFAULT_MAX_UPLOAD;
@@ -88,6 +90,17 @@ struct AppState {
 /// Build the routes for one transport. `max_upload` bounds file and archive
 /// uploads.
 pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
+    router_until(rt, auth, max_upload, CancellationToken::new())
+}
+
+/// [`router`], whose long-lived MCP sessions end when `mcp_stop` is cancelled
+/// (the daemon's shutdown), instead of holding their streams open.
+pub fn router_until(
+    rt: Arc<Runtime>,
+    auth: Auth,
+    max_upload: u64,
+    mcp_stop: CancellationToken,
+) -> Router {
     use exec::*;
     use files::*;
     use sandboxes::*;
@@ -143,6 +156,7 @@ pub fn router(rt: Arc<Runtime>, auth: Auth, max_upload: u64) -> Router {
         .route("/v1/templates/build", post(build_template))
         .route("/v1/templates/{name}", delete(remove_template))
         .route("/v1/system/reset", post(system_reset))
+        .route_service("/mcp", mcp::service(state.clone(), mcp_stop))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::authenticate,
