@@ -1206,3 +1206,103 @@ fn mcp_over_stdio() {
     );
     assert_eq!(env.sandbox_count(), 0);
 }
+
+/// The official Python MCP client (PyPI `mcp`, in a venv made on first use
+/// under /var/cache/hull, outside the checkout), or `None` after a SKIP
+/// message (a failure under `HULL_TEST_PRIVILEGED=1`) when it can't be
+/// installed.
+fn python_mcp(test: &str) -> Option<PathBuf> {
+    const VENV: &str = "/var/cache/hull/venv-mcp";
+    const PIN: &str = "mcp==2.3.0";
+    let python = Path::new(VENV).join("bin/python");
+    let have = |p: &Path| {
+        Command::new(p)
+            .args([
+                "-c",
+                "import mcp, importlib.metadata as m; print(m.version('mcp'))",
+            ])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "2.3.0"
+            })
+    };
+    if !have(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv", "--clear", VENV])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(Path::new(VENV).join("bin/pip"))
+                .args(["install", "-q", PIN])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !made || !have(&python) {
+            let why = format!("could not install {PIN} into {VENV} (python3-venv and PyPI needed)");
+            assert!(
+                std::env::var("HULL_TEST_PRIVILEGED").as_deref() != Ok("1"),
+                "{test}: {why}"
+            );
+            eprintln!("SKIP {test}: {why}");
+            return None;
+        }
+    }
+    Some(python)
+}
+
+/// hull's MCP server with the official Python client, over `hull mcp`
+/// (stdio) and over streamable HTTP on TCP with the bearer token.
+#[test]
+fn python_mcp_client() {
+    if !privileged("python_mcp_client") {
+        return;
+    }
+    let Some(python) = python_mcp("python_mcp_client") else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .args(["serve", "--socket"])
+        .arg(env.socket())
+        .arg("--state-dir")
+        .arg(env.state())
+        .args(["--listen", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for(20, "the daemon's token", || {
+        env.state().join("token").exists()
+    });
+    env.wait_for(20, "the daemon", || env.run(&["ls"]).status.success());
+    let token = std::fs::read_to_string(env.state().join("token")).unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .env("HULL_SOCKET", env.socket())
+            .env("HULL_STATE_DIR", env.state())
+            .env_remove("HULL_URL")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok",
+            "python {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&["stdio", env!("CARGO_BIN_EXE_hull")]);
+    run(&["http", &format!("http://{addr}/mcp"), token.trim()]);
+    let ls = env.ok(&["ls"]);
+    assert_eq!(ls.lines().count(), 1, "no sandbox left: {ls}");
+    drop(env);
+    let _ = daemon.wait();
+}
