@@ -65,6 +65,33 @@ impl Env {
     fn daemon_pid(&self) -> Option<i32> {
         self.daemon_pids().first().copied()
     }
+    /// `hull serve` started by hand, also on a free loopback TCP port:
+    /// the daemon process, its address and its bearer token.
+    fn serve_tcp(&self) -> (std::process::Child, String, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let daemon = Command::new(env!("CARGO_BIN_EXE_hull"))
+            .args(["serve", "--socket"])
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(["--listen", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_for(20, "the daemon's token", || {
+            self.state().join("token").exists()
+        });
+        self.wait_for(20, "the daemon", || self.run(&["ls"]).status.success());
+        let token = std::fs::read_to_string(self.state().join("token")).unwrap();
+        (daemon, addr, token)
+    }
     /// Poll `f` for up to `secs` seconds.
     fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -614,28 +641,7 @@ fn serve_by_hand_and_tcp_clients() {
         return;
     }
     let env = Env::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["serve", "--socket"])
-        .arg(env.socket())
-        .arg("--state-dir")
-        .arg(env.state())
-        .args(["--listen", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    env.wait_for(20, "the daemon's token", || {
-        env.state().join("token").exists()
-    });
-    env.wait_for(20, "the daemon", || env.run(&["ls"]).status.success());
-    let token = std::fs::read_to_string(env.state().join("token")).unwrap();
+    let (mut daemon, addr, token) = env.serve_tcp();
     let tcp = |token: Option<&str>, args: &[&str]| {
         let mut c = env.cmd(args);
         c.env("HULL_URL", format!("http://{addr}"));
@@ -1260,28 +1266,7 @@ fn python_mcp_client() {
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
     let env = Env::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["serve", "--socket"])
-        .arg(env.socket())
-        .arg("--state-dir")
-        .arg(env.state())
-        .args(["--listen", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    env.wait_for(20, "the daemon's token", || {
-        env.state().join("token").exists()
-    });
-    env.wait_for(20, "the daemon", || env.run(&["ls"]).status.success());
-    let token = std::fs::read_to_string(env.state().join("token")).unwrap();
+    let (mut daemon, addr, token) = env.serve_tcp();
     let run = |args: &[&str]| {
         let o = Command::new(&python)
             .arg(&script)
