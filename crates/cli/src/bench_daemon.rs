@@ -200,8 +200,9 @@ impl PrivateDaemon {
                 ));
             }
         }
-        // A loop device with autoclear goes a moment after its unmount.
-        let deadline = Instant::now() + Duration::from_secs(3);
+        // A loop device with autoclear goes a moment after its unmount
+        // (seconds on a loaded machine).
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline
             && !(hull_sys::mount::mounts_under(&self.dir).is_empty()
                 && loops_under(&self.dir).is_empty())
