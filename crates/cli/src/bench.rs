@@ -170,6 +170,40 @@ pub(crate) fn line_p90(name: &str, s: &Stats, base: Option<&Stats>) {
 
 /// `hull bench` against the daemon the client talks to (`--snapshots` is
 /// [`crate::bench_snapshots::run`], on private daemons).
+/// `n` `exec /bin/true` tool calls through the daemon's MCP endpoint
+/// (one session, initialized first), each a POST to `/mcp`.
+async fn mcp_exec_round_trips(
+    client: &Client,
+    sandbox: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut session = None;
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "hull-bench", "version": env!("CARGO_PKG_VERSION")}}});
+    crate::mcp::post(client, &mut session, &init.to_string()).await?;
+    let ready = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    crate::mcp::post(client, &mut session, &ready.to_string()).await?;
+    let mut t = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+            "params": {"name": "exec", "arguments": {"sandbox": sandbox, "argv": ["/bin/true"]}}});
+        let start = Instant::now();
+        let answer = crate::mcp::post(client, &mut session, &call.to_string()).await?;
+        let elapsed = start.elapsed();
+        let v: serde_json::Value = serde_json::from_str(
+            answer
+                .last()
+                .ok_or_else(|| anyhow::anyhow!("no answer to a tool call"))?,
+        )?;
+        anyhow::ensure!(v["result"]["isError"] == false, "the tool call failed: {v}");
+        if i >= 20 {
+            t.push(elapsed);
+        }
+    }
+    Ok(t)
+}
+
 /// `n` runs of `true` in a warm shell session of a `host` sandbox (bash is
 /// needed), through the API.
 async fn shell_round_trips(client: &Client, n: usize) -> anyhow::Result<Vec<Duration>> {
@@ -240,6 +274,8 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
         exec_true(client, &s.id).await?;
         rtt.push(t.elapsed());
     }
+    eprintln!("measuring exec as an MCP tool call ({}x)...", n);
+    let mcp = mcp_exec_round_trips(client, &s.id, n).await;
     destroy(client, &s.id).await?;
 
     eprintln!("measuring shell session round trips ({}x)...", n);
@@ -320,6 +356,14 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
         None => println!("crun: not installed or failed (apt-get install crun)"),
     }
     line("hull: exec true in a running sandbox", &rtt, None);
+    match mcp {
+        Ok(m) => line(
+            "hull: exec true as an MCP tool call (/mcp)",
+            &stats(m),
+            Some(&rtt),
+        ),
+        Err(e) => println!("hull: MCP tool calls not measured: {e:#}"),
+    }
     match shell {
         Ok(sh) => line(
             "hull: `true` in a warm shell session",

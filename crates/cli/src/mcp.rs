@@ -63,7 +63,7 @@ pub async fn bridge(client: &Client) -> anyhow::Result<()> {
 /// POST one message; the JSON-RPC messages of the answer. A message the
 /// daemon refuses outright (HTTP error) becomes a JSON-RPC error answer
 /// when it was a request, so the client is never left waiting.
-async fn post(
+pub(crate) async fn post(
     client: &Client,
     session: &mut Option<String>,
     msg: &str,
