@@ -788,3 +788,34 @@ fn open_auto_reads_the_environment() {
     assert!(bogus.contains("HULL_SNAPSHOT_BACKEND"), "{bogus}");
     assert_eq!(run("btrfs"), "backend=btrfs");
 }
+
+/// `auto` makes no loop image bigger than the free space (a sparse image
+/// the disk can't hold fails with I/O errors once it fills): on a 64 MiB
+/// tmpfs it picks overlay and says why; forced btrfs still tries.
+#[test]
+fn auto_skips_a_loop_image_the_disk_cannot_hold() {
+    if !privileged("auto_skips_a_loop_image_the_disk_cannot_hold") {
+        return;
+    }
+    let s = Scratch::new("small");
+    let small = s.path().join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap();
+    let opened = open_with(&small.join("state"), 256 << 20, BackendChoice::Auto);
+    let r = opened.map(|(store, info)| {
+        drop(store);
+        info
+    });
+    let _ = nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH);
+    let info = r.unwrap();
+    assert_eq!(info.backend, "overlay", "{info}");
+    assert!(info.reason.contains("MiB free"), "{}", info.reason);
+    assert!(info.image.is_none());
+}

@@ -21,8 +21,9 @@
 //!    overlay (switching silently would hide the existing snapshots);
 //! 2. btrfs when `<root>` is on btrfs;
 //! 3. btrfs in a loop image when `mkfs.btrfs` (Debian's `btrfs-progs`) is
-//!    installed and `/dev/loop-control` exists; if making or mounting the
-//!    image fails, what this call created is removed and overlay is used;
+//!    installed, `/dev/loop-control` exists and the filesystem has
+//!    `image_size` bytes free; if making or mounting the image fails, what
+//!    this call created is removed and overlay is used;
 //! 4. overlay.
 //!
 //! Forced `btrfs` is 2 or 3, and an `Unavailable` error saying why when
@@ -150,16 +151,21 @@ impl fmt::Display for StoreInfo {
     }
 }
 
+/// Bytes available to unprivileged users on `dir`'s filesystem (0 when it
+/// can't be told).
+fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .unwrap_or(0)
+}
+
 /// A size for a new loop-backed image under `dir` when none is configured:
 /// half the free space of `dir`'s filesystem, between 1 and 64 GiB, in
 /// whole GiB. (A sparse image larger than the free space fails with I/O
 /// errors, not `ENOSPC`, once the disk below it fills.)
 pub fn default_image_bytes(dir: &Path) -> u64 {
     const GIB: u64 = 1 << 30;
-    let free = nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-        .unwrap_or(0);
-    (free / 2).clamp(GIB, 64 * GIB) / GIB * GIB
+    (free_bytes(dir) / 2).clamp(GIB, 64 * GIB) / GIB * GIB
 }
 
 /// Open the store under `root` with the backend [`BackendChoice::ENV`]
@@ -266,6 +272,18 @@ impl Layout {
                 "{} is on {} and a loop-backed btrfs image can't be made: {missing}",
                 root.display(),
                 fs_of(root)
+            ));
+        }
+        // A sparse image the disk can't hold fails with I/O errors once the
+        // disk fills, not ENOSPC: only make one with room for it.
+        let free = free_bytes(root);
+        if free < image_size {
+            return self.overlay(format!(
+                "{} is on {} with {} MiB free, less than a {} MiB loop-backed btrfs image needs",
+                root.display(),
+                fs_of(root),
+                free >> 20,
+                image_size >> 20
             ));
         }
         match self.btrfs(image_size) {
