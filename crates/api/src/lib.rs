@@ -917,3 +917,74 @@ mod tests {
         );
     }
 }
+
+/// Start a code-interpreter context (a Python kernel).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeContextRequest {
+    /// The context's name, unique in the sandbox: 1 to 64 of
+    /// `A-Z a-z 0-9 _ . -`.
+    pub context: String,
+    /// The kernel's language; only `python` for now.
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+/// One code-interpreter context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CodeContext {
+    pub context: String,
+    pub language: String,
+    /// The kernel's pid inside the sandbox.
+    pub pid: i32,
+    /// False once the kernel has died (restart the context).
+    pub alive: bool,
+}
+
+/// The sandbox's code-interpreter contexts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CodeContexts {
+    pub contexts: Vec<CodeContext>,
+}
+
+/// Run code in a context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRunRequest {
+    /// The code (at most 1 MiB).
+    pub code: String,
+    /// Interrupt the code after this many milliseconds (the context keeps
+    /// its state). 5 minutes when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// For `POST /v1/sandboxes/{id}/code/run` only: the context to run in
+    /// (`default`, created on first use, when absent).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// An exception raised by the code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CodeRunError {
+    pub name: String,
+    pub value: String,
+    pub traceback: Vec<String>,
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CodeRunResult {
+    pub stdout: String,
+    pub stderr: String,
+    /// Results (`execute_result`) and displays (`display_data`) in order,
+    /// each a MIME bundle: `text/plain`, `text/html`, `image/png` (base64),
+    /// `application/json`, ...
+    #[schema(value_type = Vec<Object>)]
+    pub results: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub error: Option<CodeRunError>,
+    pub execution_count: Option<u64>,
+    /// True when the run hit its timeout and was interrupted.
+    pub timed_out: bool,
+    /// True when output past the limit (768 KiB) was dropped.
+    pub truncated: bool,
+}

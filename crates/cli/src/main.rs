@@ -17,6 +17,7 @@ mod bench_image;
 mod bench_peers;
 mod bench_snapshots;
 mod client;
+mod code;
 mod cp;
 mod daemon;
 mod mcp;
@@ -99,6 +100,10 @@ enum Cmd {
     /// and jobs persist): `-c CMD` runs one command in it and exits with
     /// its code; without, each line of stdin runs in turn.
     Shell(shell::ShellArgs),
+    /// Run Python code in a sandbox's interpreter context (`default`,
+    /// created on first use; variables persist): `hull code ID -- 'x + 1'`.
+    /// Exits 1 when the code raised.
+    Code(code::CodeArgs),
     /// Run a command in a sandbox.
     Exec {
         #[command(flatten)]
@@ -727,6 +732,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(ok)
         }
         Cmd::Shell(args) => Ok(Outcome::Code(shell::shell(&client, args, json_out).await?)),
+        Cmd::Code(args) => Ok(Outcome::Code(code::code(&client, args, json_out).await?)),
         Cmd::Exec {
             ex,
             env,

@@ -1121,6 +1121,23 @@ fn shell_command() {
     );
 }
 
+/// `hull code` as a user types it: state kept between invocations, the
+/// text of results printed, exit 1 when the code raised, `--json`.
+#[test]
+fn code_command() {
+    if !privileged("code_command") {
+        return;
+    }
+    let env = Env::new();
+    let id = env.ok(&["create", "--template", "host"]).trim().to_string();
+    assert_eq!(env.ok(&["code", &id, "--", "x = 41; print('hi')"]), "hi\n");
+    assert_eq!(env.ok(&["code", &id, "--", "x + 1"]), "42\n");
+    assert_eq!(code(&env.run(&["code", &id, "--", "1/0"])), 1);
+    let out = env.ok(&["code", &id, "--json", "--context", "other", "--", "'a' * 2"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["results"][0]["text/plain"], "'aa'", "{out}");
+}
+
 #[test]
 fn mcp_over_stdio() {
     if !privileged("mcp_over_stdio") {

@@ -16,10 +16,11 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::{
-    CHUNK, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, MAX_FRAME,
-    MAX_SHELL_OUTPUT, MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, ProcInfo, ProtoError, Request,
-    Response, SHELL_PROTOCOL_VERSION, ShellInfo, ShellOpenSpec, ShellRunDone, ShellRunSpec,
-    ShellSendDone, ShellSendSpec, negotiate, read_frame, write_frame,
+    CHUNK, CODE_PROTOCOL_VERSION, CodeRunDone, CodeRunSpec, ExecInput, ExecSpec, ExitStatus,
+    FileStat, Frame, GuestError, KernelInfo, MAX_FRAME, MAX_SHELL_OUTPUT, MIN_PROTOCOL_VERSION, Op,
+    PROTOCOL_VERSION, ProcInfo, ProtoError, Request, Response, SHELL_PROTOCOL_VERSION, ShellInfo,
+    ShellOpenSpec, ShellRunDone, ShellRunSpec, ShellSendDone, ShellSendSpec, negotiate, read_frame,
+    write_frame,
 };
 
 /// What can go wrong talking to a guest.
@@ -333,6 +334,79 @@ impl GuestClient {
             .await?;
         match upload(conn, body).await? {
             Response::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn need_code(&self) -> Result<(), ClientError> {
+        if self.version < CODE_PROTOCOL_VERSION {
+            return Err(ClientError::Unsupported {
+                what: "code interpreter contexts",
+                need: CODE_PROTOCOL_VERSION,
+                have: self.version,
+            });
+        }
+        Ok(())
+    }
+
+    /// Start a code-interpreter context; returns the kernel's pid.
+    pub async fn kernel_start(&self, context: &str, language: &str) -> Result<i32, ClientError> {
+        self.need_code()?;
+        match self
+            .call(Op::KernelStart {
+                context: context.to_string(),
+                language: language.to_string(),
+            })
+            .await?
+        {
+            Response::KernelStarted { pid } => Ok(pid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Run code in a context.
+    pub async fn code_run(&self, spec: CodeRunSpec) -> Result<CodeRunDone, ClientError> {
+        self.need_code()?;
+        match self.call(Op::CodeRun(spec)).await? {
+            Response::CodeRan(done) => Ok(done),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn kernel_interrupt(&self, context: &str) -> Result<(), ClientError> {
+        self.need_code()?;
+        self.call_ok(Op::KernelInterrupt {
+            context: context.to_string(),
+        })
+        .await
+    }
+
+    /// Restart a context's kernel; returns the new pid.
+    pub async fn kernel_restart(&self, context: &str) -> Result<i32, ClientError> {
+        self.need_code()?;
+        match self
+            .call(Op::KernelRestart {
+                context: context.to_string(),
+            })
+            .await?
+        {
+            Response::KernelStarted { pid } => Ok(pid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn kernel_stop(&self, context: &str) -> Result<(), ClientError> {
+        self.need_code()?;
+        self.call_ok(Op::KernelStop {
+            context: context.to_string(),
+        })
+        .await
+    }
+
+    pub async fn kernel_list(&self) -> Result<Vec<KernelInfo>, ClientError> {
+        self.need_code()?;
+        match self.call(Op::KernelList).await? {
+            Response::Kernels { contexts } => Ok(contexts),
             other => Err(unexpected(other)),
         }
     }

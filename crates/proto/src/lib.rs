@@ -38,7 +38,7 @@ pub mod messages;
 pub use messages::*;
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// The largest frame (kind byte plus body) either side accepts.

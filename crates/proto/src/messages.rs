@@ -147,6 +147,88 @@ pub enum Op {
     },
     /// List the sandbox's sessions (version 2).
     ShellList,
+    /// Start a named code-interpreter context: a Jupyter kernel (version 3).
+    KernelStart {
+        context: String,
+        #[serde(default = "default_language")]
+        language: String,
+    },
+    /// Run code in a context and collect its outputs (version 3).
+    CodeRun(CodeRunSpec),
+    /// Interrupt what a context is running (version 3).
+    KernelInterrupt {
+        context: String,
+    },
+    /// Restart a context's kernel: its state is gone, the name stays (version 3).
+    KernelRestart {
+        context: String,
+    },
+    /// Stop a context's kernel (version 3).
+    KernelStop {
+        context: String,
+    },
+    /// List the sandbox's contexts (version 3).
+    KernelList,
+}
+
+fn default_language() -> String {
+    "python".to_string()
+}
+
+/// The protocol version that added code-interpreter contexts.
+pub const CODE_PROTOCOL_VERSION: u32 = 3;
+/// Contexts one sandbox may hold at once.
+pub const MAX_CODE_CONTEXTS: usize = 8;
+/// Output kept of one code run (all streams and results together), so the
+/// reply fits one frame.
+pub const MAX_CODE_OUTPUT: usize = 768 << 10;
+/// The largest code of one run.
+pub const MAX_CODE_INPUT: usize = 1 << 20;
+/// A run's timeout when the request names none.
+pub const DEFAULT_CODE_TIMEOUT_MS: u64 = 300_000;
+
+/// Run code in a context.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CodeRunSpec {
+    pub context: String,
+    pub code: String,
+    /// Interrupt the code after this long (the context keeps its state).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// An exception raised by code.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CodeError {
+    pub name: String,
+    pub value: String,
+    pub traceback: Vec<String>,
+}
+
+/// What one code run produced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CodeRunDone {
+    pub stdout: String,
+    pub stderr: String,
+    /// `execute_result` and `display_data` outputs, as MIME type -> data.
+    pub results: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub error: Option<CodeError>,
+    pub execution_count: Option<u64>,
+    pub timed_out: bool,
+    /// True when output past the limit was dropped.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One code-interpreter context.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KernelInfo {
+    pub context: String,
+    pub language: String,
+    /// The kernel's pid inside the sandbox.
+    pub pid: i32,
+    /// False once the kernel process has ended.
+    pub alive: bool,
 }
 
 /// The protocol version that added shell sessions.
@@ -360,6 +442,13 @@ pub enum Response {
     ShellSent(ShellSendDone),
     Shells {
         sessions: Vec<ShellInfo>,
+    },
+    KernelStarted {
+        pid: i32,
+    },
+    CodeRan(CodeRunDone),
+    Kernels {
+        contexts: Vec<KernelInfo>,
     },
     Ok,
     Error(GuestError),

@@ -13,6 +13,7 @@
 //! sandbox but not its filesystem (the writable layer lives in memory).
 #![forbid(unsafe_code)]
 
+mod code;
 mod exec;
 mod files;
 pub mod hostinfo;

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod code;
 pub mod config;
 mod daemon;
 mod error;
@@ -101,6 +102,7 @@ pub fn router_until(
     max_upload: u64,
     mcp_stop: CancellationToken,
 ) -> Router {
+    use code::*;
     use exec::*;
     use files::*;
     use sandboxes::*;
@@ -141,6 +143,27 @@ pub fn router_until(
         .route("/v1/sandboxes/{id}/shells/{session}", delete(shell_close))
         .route("/v1/sandboxes/{id}/shells/{session}/run", post(shell_run))
         .route("/v1/sandboxes/{id}/shells/{session}/send", post(shell_send))
+        .route(
+            "/v1/sandboxes/{id}/code/contexts",
+            post(code_context_create).get(code_contexts),
+        )
+        .route(
+            "/v1/sandboxes/{id}/code/contexts/{context}",
+            delete(code_context_delete),
+        )
+        .route(
+            "/v1/sandboxes/{id}/code/contexts/{context}/run",
+            post(code_run),
+        )
+        .route(
+            "/v1/sandboxes/{id}/code/contexts/{context}/interrupt",
+            post(code_interrupt),
+        )
+        .route(
+            "/v1/sandboxes/{id}/code/contexts/{context}/restart",
+            post(code_restart),
+        )
+        .route("/v1/sandboxes/{id}/code/run", post(code_run_default))
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
         .route("/v1/sandboxes/{id}/rollback", post(rollback))
         .route("/v1/snapshots", get(list_snapshots))

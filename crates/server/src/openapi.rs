@@ -6,6 +6,7 @@
 use hull_api::*;
 use utoipa::OpenApi;
 
+use crate::code::*;
 use crate::exec::*;
 use crate::files::*;
 use crate::sandboxes::*;
@@ -50,6 +51,13 @@ use crate::snapshots::*;
         shell_run,
         shell_send,
         shell_close,
+        code_context_create,
+        code_contexts,
+        code_run,
+        code_run_default,
+        code_interrupt,
+        code_restart,
+        code_context_delete,
         snapshot,
         rollback,
         list_snapshots,

@@ -1550,3 +1550,107 @@ async fn shell_session_routes() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     f.finish().await;
 }
+
+/// Code-interpreter routes: the `code/run` shortcut creates `default`,
+/// state persists, named contexts run, restart and delete; unknown fields,
+/// bad names and unknown contexts are refused. Needs python3-ipykernel on
+/// the host (the `host` template shows it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_interpreter_routes() {
+    if !privileged("code_interpreter_routes") {
+        return;
+    }
+    use hull_api::{CodeContexts, CodeRunResult};
+    let f = Fixture::new().await;
+    let app = f.app(MAX_UPLOAD);
+    let (s, b) = call(&app, "POST", "/v1/sandboxes", r#"{"template":"host"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let sb: Sandbox = serde_json::from_slice(&b).unwrap();
+    let base = format!("/v1/sandboxes/{}/code", sb.id);
+    let run = |uri: String, body: &'static str| {
+        let app = app.clone();
+        async move {
+            let (s, b) = call(&app, "POST", &uri, body).await;
+            assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+            serde_json::from_slice::<CodeRunResult>(&b).unwrap()
+        }
+    };
+    let r = run(format!("{base}/run"), r#"{"code":"x = 41\nprint('set')"}"#).await;
+    assert_eq!(r.stdout, "set\n", "{r:?}");
+    let r = run(format!("{base}/run"), r#"{"code":"x + 1"}"#).await;
+    assert_eq!(r.results[0]["text/plain"], "42", "{r:?}");
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{base}/contexts"),
+        r#"{"context":"two"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let r = run(format!("{base}/contexts/two/run"), r#"{"code":"x"}"#).await;
+    assert_eq!(r.error.expect("isolated").name, "NameError");
+    let r = run(format!("{base}/contexts/default/run"), r#"{"code":"x"}"#).await;
+    assert_eq!(r.results[0]["text/plain"], "41");
+    let (_, b) = call(&app, "GET", &format!("{base}/contexts"), Body::empty()).await;
+    let list: CodeContexts = serde_json::from_slice(&b).unwrap();
+    assert_eq!(list.contexts.len(), 2);
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("{base}/contexts/default/restart"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let r = run(format!("{base}/contexts/default/run"), r#"{"code":"x"}"#).await;
+    assert_eq!(r.error.expect("restarted").name, "NameError");
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("{base}/contexts/two/interrupt"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    for (uri, body, status) in [
+        (
+            format!("{base}/contexts"),
+            r#"{"context":"two"}"#,
+            StatusCode::CONFLICT,
+        ),
+        (
+            format!("{base}/contexts"),
+            r#"{"context":"../x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{base}/run"),
+            r#"{"code":"1","bogus":1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{base}/contexts/nope/run"),
+            r#"{"code":"1"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (s, b) = call(&app, "POST", &uri, body).await;
+        assert_eq!(s, status, "{uri} {body}: {}", String::from_utf8_lossy(&b));
+    }
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("{base}/contexts/two"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("{base}/contexts/two"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -41,6 +41,18 @@ fn openapi_is_up_to_date() {
         ("/v1/sandboxes/{id}/shells/{session}", &["delete"]),
         ("/v1/sandboxes/{id}/shells/{session}/run", &["post"]),
         ("/v1/sandboxes/{id}/shells/{session}/send", &["post"]),
+        ("/v1/sandboxes/{id}/code/contexts", &["get", "post"]),
+        ("/v1/sandboxes/{id}/code/contexts/{context}", &["delete"]),
+        ("/v1/sandboxes/{id}/code/contexts/{context}/run", &["post"]),
+        (
+            "/v1/sandboxes/{id}/code/contexts/{context}/interrupt",
+            &["post"],
+        ),
+        (
+            "/v1/sandboxes/{id}/code/contexts/{context}/restart",
+            &["post"],
+        ),
+        ("/v1/sandboxes/{id}/code/run", &["post"]),
         ("/v1/sandboxes/{id}/snapshot", &["post"]),
         ("/v1/sandboxes/{id}/rollback", &["post"]),
         ("/v1/snapshots", &["get"]),

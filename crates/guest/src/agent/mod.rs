@@ -8,7 +8,8 @@
 //! [`tarball`]) resolve every path as if chrooted at [`AgentConfig::root`]
 //! with `openat2(RESOLVE_IN_ROOT)`, so `..` and symlinks never leave it.
 //! [`tcp`] tunnels a TCP connection to a port inside the sandbox.
-//! [`shell`] keeps persistent `bash` sessions.
+//! [`shell`] keeps persistent `bash` sessions; [`kernel`] keeps Jupyter
+//! kernels for the code interpreter.
 //!
 //! Limits: exec paths (program, working directory) are resolved in the
 //! agent's own mount namespace, not under `root` (inside a sandbox the two
@@ -19,6 +20,7 @@
 
 mod exec;
 mod files;
+mod kernel;
 mod paths;
 mod shell;
 mod tarball;
@@ -67,6 +69,7 @@ pub(crate) struct Agent {
     root: OwnedFd,
     procs: exec::Registry,
     shells: shell::Shells,
+    kernels: kernel::Kernels,
 }
 
 /// Serve the protocol on `listener` until the process ends. Returns only if
@@ -86,6 +89,7 @@ pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
             root,
             procs: exec::Registry::default(),
             shells: shell::Shells::default(),
+            kernels: kernel::Kernels::default(),
         });
         exec::start_reaper(agent.clone(), pid1)?;
         if pid1 {
@@ -194,6 +198,12 @@ impl Agent {
             | Op::ShellSend(_)
             | Op::ShellClose { .. }
             | Op::ShellList) => shell::serve(self, conn, op).await,
+            op @ (Op::KernelStart { .. }
+            | Op::CodeRun(_)
+            | Op::KernelInterrupt { .. }
+            | Op::KernelRestart { .. }
+            | Op::KernelStop { .. }
+            | Op::KernelList) => kernel::serve(self, conn, op).await,
             op => {
                 // File operations use blocking *at system calls: run them on
                 // the blocking pool over a blocking socket.

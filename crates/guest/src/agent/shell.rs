@@ -228,7 +228,9 @@ impl Capture {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A mutex's guard, also after a panic elsewhere poisoned it (the data it
+/// guards stays consistent: maps of sessions and contexts).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
