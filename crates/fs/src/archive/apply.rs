@@ -1033,19 +1033,7 @@ impl<'l> Applier<'l> {
     }
 }
 
-/// The entries of an open directory, without `.` and `..`.
-pub(crate) fn dir_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
-    let mut names = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = d.read() {
-        let entry = entry?;
-        let n = entry.file_name();
-        if n != c"." && n != c".." {
-            names.push(n.to_owned());
-        }
-    }
-    Ok(names)
-}
+pub(crate) use crate::snapshot::files::dir_names;
 
 /// The NUL-separated names of an open node's extended attributes.
 pub(crate) fn list_xattrs(fd: &OwnedFd) -> io::Result<Vec<u8>> {

@@ -125,7 +125,7 @@ fn usage_dir(
 }
 
 /// The entries of an open directory, without `.` and `..`.
-fn dir_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+pub(crate) fn dir_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
     let mut names = Vec::new();
     let mut d = rustix::fs::Dir::read_from(dir)?;
     while let Some(entry) = d.read() {

@@ -79,7 +79,7 @@ use serde::{Deserialize, Serialize};
 use hull_api::ErrorKind;
 
 pub mod btrfs;
-mod files;
+pub(crate) mod files;
 pub mod meta;
 pub mod overlay;
 mod store;
