@@ -1,0 +1,106 @@
+"""hull: the Python client of the hull agent runtime.
+
+``Hull`` (synchronous) and ``AsyncHull`` (asyncio) talk to a hull daemon
+over its unix socket (``HULL_SOCKET``, default ``/run/hull/hull.sock``) or
+over TCP (``HULL_URL`` + ``HULL_TOKEN``), and hand out handles to
+sandboxes: exec, streaming exec, files, shell sessions, code contexts,
+snapshots, forks and rollbacks. Errors are raised as one exception class
+per API error kind (``hull.NotFound``, ``hull.Conflict``, ...), each a
+``hull.HullError``. Models of the API's bodies are in ``hull.models``.
+
+Quick start::
+
+    import hull
+
+    with hull.Hull() as client, client.sandbox(template="busybox") as sb:
+        r = sb.exec("echo hello; exit 3")
+        print(r.stdout, r.exit_code)        # hello  3
+"""
+
+from . import models
+from ._async import (
+    AsyncCode,
+    AsyncExecStream,
+    AsyncFiles,
+    AsyncHull,
+    AsyncSandbox,
+    AsyncShellSession,
+    AsyncSnapshots,
+    AsyncTemplates,
+)
+from ._config import Endpoint, parse_duration, parse_size
+from ._sync import Code, ExecStream, FileListing, Files, Hull, Sandbox, ShellSession, Snapshots, Templates
+from ._version import __version__
+from .errors import (
+    Conflict,
+    DaemonUnreachable,
+    HullError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from .models import (
+    CodeContextInfo,
+    CodeRunResult,
+    ExecExit,
+    ExecResult,
+    FileInfo,
+    OutputChunk,
+    SandboxInfo,
+    SandboxState,
+    ShellRunResult,
+    ShellSendResult,
+    Snapshot,
+    TemplateInfo,
+)
+
+__all__ = [
+    "__version__",
+    "models",
+    "Hull",
+    "AsyncHull",
+    "Sandbox",
+    "AsyncSandbox",
+    "Files",
+    "AsyncFiles",
+    "FileListing",
+    "Code",
+    "AsyncCode",
+    "ShellSession",
+    "AsyncShellSession",
+    "ExecStream",
+    "AsyncExecStream",
+    "Snapshots",
+    "AsyncSnapshots",
+    "Templates",
+    "AsyncTemplates",
+    "Endpoint",
+    "parse_duration",
+    "parse_size",
+    "HullError",
+    "InvalidArgument",
+    "Unauthenticated",
+    "PermissionDenied",
+    "NotFound",
+    "Conflict",
+    "ResourceExhausted",
+    "Unavailable",
+    "Internal",
+    "DaemonUnreachable",
+    "ExecResult",
+    "ExecExit",
+    "OutputChunk",
+    "FileInfo",
+    "SandboxInfo",
+    "SandboxState",
+    "ShellRunResult",
+    "ShellSendResult",
+    "CodeRunResult",
+    "CodeContextInfo",
+    "Snapshot",
+    "TemplateInfo",
+]
