@@ -12,8 +12,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub mod browser;
 pub mod limits;
+pub mod mcp_host;
+pub use browser::*;
 pub use limits::*;
+pub use mcp_host::*;
 
 /// The closed set of error kinds every API error maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -987,4 +991,38 @@ pub struct CodeRunResult {
     pub timed_out: bool,
     /// True when output past the limit (768 KiB) was dropped.
     pub truncated: bool,
+}
+
+/// One event of a streamed code run (an NDJSON line), in the order the
+/// kernel produced them; the last is `end` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CodeEvent {
+    /// Text the code wrote to stdout (a long write comes as several).
+    Stdout { text: String },
+    /// Text the code wrote to stderr.
+    Stderr { text: String },
+    /// The value of the last expression (`execute_result`), as a MIME bundle.
+    Result {
+        #[schema(value_type = Object)]
+        data: serde_json::Map<String, serde_json::Value>,
+        execution_count: Option<u64>,
+    },
+    /// A `display(...)` output (`display_data`), as a MIME bundle.
+    Display {
+        #[schema(value_type = Object)]
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The code raised (its traceback).
+    Exception(CodeRunError),
+    /// The run is over. `timed_out`: the timeout interrupted it (the
+    /// context keeps its state); `truncated`: output past the stream's
+    /// budget (16 MiB) was dropped.
+    End {
+        execution_count: Option<u64>,
+        timed_out: bool,
+        truncated: bool,
+    },
+    /// The run failed (the kernel died, the guest is gone): the API's error.
+    Error { error: ApiError },
 }

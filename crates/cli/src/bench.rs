@@ -1,5 +1,7 @@
 //! `hull bench`: start latency, exec round trip and idle footprint, through
-//! the API, side by side with `bwrap` and `crun` measured in the same run.
+//! the API, side by side with `bwrap` and `crun` measured in the same run;
+//! tool round trips (MCP, shell sessions, the code interpreter against
+//! `jupyter_client` driving a kernel on the host: `bench_code`).
 //! Numbers are printed, never asserted (see docs/benchmarks.md).
 
 use std::time::{Duration, Instant};
@@ -281,6 +283,24 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
     eprintln!("measuring shell session round trips ({}x)...", n);
     let shell = shell_round_trips(client, n).await;
 
+    eprintln!(
+        "measuring code interpreter round trips ({}x each way)...",
+        n
+    );
+    let code = crate::bench_code::round_trips(client, n).await;
+    let jupyter = if a.no_peers {
+        Ok(None)
+    } else {
+        eprintln!("measuring jupyter_client on the host ({}x)...", n);
+        crate::bench_code::jupyter_peer(n)
+    };
+
+    eprintln!(
+        "measuring browser screenshots ({}x each way)...",
+        n.min(200)
+    );
+    let shots = crate::bench_browser::screenshots(client, n.min(200)).await;
+
     let mut idle_result = None;
     if a.idle > 0 {
         eprintln!("holding {} idle sandboxes...", a.idle);
@@ -371,6 +391,45 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
             Some(&rtt),
         ),
         Err(e) => println!("hull: shell sessions not measured: {e:#}"),
+    }
+    match code {
+        Ok(c) => {
+            let buffered = stats(c.buffered);
+            line("hull: code `1+1` in a warm context", &buffered, None);
+            line(
+                "hull: code `1+1`, streamed (run/stream)",
+                &stats(c.streamed),
+                Some(&buffered),
+            );
+            match jupyter {
+                Ok(Some(j)) => line(
+                    "jupyter_client -> ipykernel on the host",
+                    &stats(j),
+                    Some(&buffered),
+                ),
+                Ok(None) if a.no_peers => {}
+                Ok(None) => {
+                    println!("jupyter_client: not installed (apt-get install python3-ipykernel)")
+                }
+                Err(e) => println!("jupyter_client: not measured: {e:#}"),
+            }
+        }
+        Err(e) => println!("hull: code interpreter not measured: {e:#}"),
+    }
+    match shots {
+        Ok(b) => {
+            let action = stats(b.action);
+            line("hull: browser screenshot, local page (API)", &action, None);
+            match b.raw_cdp {
+                Ok(r) => line(
+                    "raw CDP captureScreenshot, same browser",
+                    &stats(r),
+                    Some(&action),
+                ),
+                Err(e) => println!("raw CDP screenshots: not measured: {e:#}"),
+            }
+        }
+        Err(e) => println!("hull: browser screenshots not measured: {e:#}"),
     }
     if let Some((n, per, loaded)) = &idle_result {
         println!(

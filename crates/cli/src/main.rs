@@ -12,15 +12,19 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_browser;
+mod bench_code;
 mod bench_daemon;
 mod bench_image;
 mod bench_peers;
 mod bench_snapshots;
+mod browse;
 mod client;
 mod code;
 mod cp;
 mod daemon;
 mod mcp;
+mod mcp_servers;
 mod shell;
 mod transfer;
 
@@ -104,6 +108,10 @@ enum Cmd {
     /// created on first use; variables persist): `hull code ID -- 'x + 1'`.
     /// Exits 1 when the code raised.
     Code(code::CodeArgs),
+    /// Drive the headless Chromium inside a sandbox: `hull browse ID URL
+    /// --screenshot out.png` opens a tab and writes a PNG; `--text` prints
+    /// the page's text; `--action JSON` sends any action.
+    Browse(browse::BrowseArgs),
     /// Run a command in a sandbox.
     Exec {
         #[command(flatten)]
@@ -197,6 +205,11 @@ enum Cmd {
     Version,
     /// An MCP server on stdio, bridged to the daemon's `/mcp` endpoint.
     Mcp,
+    /// Stdio MCP servers hosted inside a sandbox, each served as a
+    /// streamable-HTTP MCP endpoint: `start ID NAME -- CMD...` (prints the
+    /// endpoint), `ls ID`, `stop ID NAME`.
+    #[command(subcommand)]
+    McpServer(mcp_servers::McpServerCmd),
     /// Measure start and exec latency against bwrap and crun, or snapshot,
     /// fork and rollback costs on private daemons (--snapshots).
     Bench(bench::BenchArgs),
@@ -733,6 +746,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Cmd::Shell(args) => Ok(Outcome::Code(shell::shell(&client, args, json_out).await?)),
         Cmd::Code(args) => Ok(Outcome::Code(code::code(&client, args, json_out).await?)),
+        Cmd::Browse(args) => Ok(Outcome::Code(
+            browse::browse(&client, args, json_out).await?,
+        )),
+        Cmd::McpServer(c) => {
+            mcp_servers::mcp_server(&client, c, json_out).await?;
+            Ok(ok)
+        }
         Cmd::Exec {
             ex,
             env,

@@ -1308,3 +1308,95 @@ fn python_mcp_client() {
     drop(env);
     let _ = daemon.wait();
 }
+
+/// Playwright (PyPI, in a venv made on first use under /var/cache/hull)
+/// drives a sandbox's Chromium with `connect_over_cdp` through the
+/// daemon's CDP route on TCP with the token; `None` after a SKIP message (a
+/// failure under `HULL_TEST_PRIVILEGED=1`) when it or chromium is missing.
+fn python_playwright(test: &str) -> Option<PathBuf> {
+    const VENV: &str = "/var/cache/hull/venv-playwright";
+    const PIN: &str = "playwright==1.65.*";
+    let python = Path::new(VENV).join("bin/python");
+    let have = |p: &Path| {
+        Command::new(p)
+            .args([
+                "-c",
+                "import playwright, importlib.metadata as m; print(m.version('playwright'))",
+            ])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("1.65.")
+            })
+    };
+    let chromium = Path::new("/usr/lib/chromium/chromium").exists();
+    if chromium && !have(&python) {
+        let _ = Command::new("python3")
+            .args(["-m", "venv", "--clear", VENV])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(Path::new(VENV).join("bin/pip"))
+                .args(["install", "-q", PIN])
+                .status()
+                .is_ok_and(|s| s.success());
+    }
+    if !chromium || !have(&python) {
+        let why = if chromium {
+            format!("could not install {PIN} into {VENV} (python3-venv and PyPI needed)")
+        } else {
+            "chromium is not installed (apt-get install chromium)".to_string()
+        };
+        assert!(
+            std::env::var("HULL_TEST_PRIVILEGED").as_deref() != Ok("1"),
+            "{test}: {why}"
+        );
+        eprintln!("SKIP {test}: {why}");
+        return None;
+    }
+    Some(python)
+}
+
+#[test]
+fn playwright_connects_over_cdp() {
+    if !privileged("playwright_connects_over_cdp") {
+        return;
+    }
+    let Some(python) = python_playwright("playwright_connects_over_cdp") else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/playwright_cdp.py");
+    let env = Env::new();
+    let (mut daemon, addr, token) = env.serve_tcp();
+    let id = env.ok(&["create", "--template", "host", "--memory", "2G"]);
+    let id = id.trim();
+    let page = "<title>From the sandbox</title><input id=q><button id=go onclick=\"document.getElementById('out').textContent=document.getElementById('q').value;document.getElementById('out').className='done'\">go</button><p id=out></p>";
+    env.ok(&[
+        "exec",
+        id,
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /srv && cat > /srv/index.html <<'EOF'\n{page}\nEOF\n\
+             setsid python3 -m http.server 8765 --bind 127.0.0.1 --directory /srv >/dev/null 2>&1 &\n\
+             for i in $(seq 100); do python3 -c 'import urllib.request as u; u.urlopen(\"http://127.0.0.1:8765/\")' 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+        ),
+    ]);
+    let o = Command::new(&python)
+        .arg(&script)
+        .args([&format!("http://{addr}"), id, token.trim()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok",
+        "playwright: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The tab Playwright made is one of the action API's tabs too.
+    let tabs = env.ok(&["browse", id]);
+    assert!(tabs.contains("From the sandbox"), "{tabs}");
+    env.ok(&["rm", id]);
+    drop(env);
+    let _ = daemon.wait();
+}

@@ -16,11 +16,11 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::{
-    CHUNK, CODE_PROTOCOL_VERSION, CodeRunDone, CodeRunSpec, ExecInput, ExecSpec, ExitStatus,
-    FileStat, Frame, GuestError, KernelInfo, MAX_FRAME, MAX_SHELL_OUTPUT, MIN_PROTOCOL_VERSION, Op,
-    PROTOCOL_VERSION, ProcInfo, ProtoError, Request, Response, SHELL_PROTOCOL_VERSION, ShellInfo,
-    ShellOpenSpec, ShellRunDone, ShellRunSpec, ShellSendDone, ShellSendSpec, negotiate, read_frame,
-    write_frame,
+    CHUNK, CODE_PROTOCOL_VERSION, CODE_STREAM_PROTOCOL_VERSION, CodeOutput, CodeRunDone,
+    CodeRunSpec, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, KernelInfo,
+    MAX_FRAME, MAX_SHELL_OUTPUT, MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, ProcInfo, ProtoError,
+    Request, Response, SHELL_PROTOCOL_VERSION, ShellInfo, ShellOpenSpec, ShellRunDone,
+    ShellRunSpec, ShellSendDone, ShellSendSpec, negotiate, read_frame, write_frame,
 };
 
 /// What can go wrong talking to a guest.
@@ -369,6 +369,25 @@ impl GuestClient {
         self.need_code()?;
         match self.call(Op::CodeRun(spec)).await? {
             Response::CodeRan(done) => Ok(done),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Run code in a context, streaming its outputs: returns once the run
+    /// is with the kernel (an unknown context is an error here). Dropping
+    /// the stream closes the connection, which interrupts the code.
+    /// Needs protocol version 4 ([`ClientError::Unsupported`] before).
+    pub async fn code_run_stream(&self, spec: CodeRunSpec) -> Result<CodeStream, ClientError> {
+        if self.version < CODE_STREAM_PROTOCOL_VERSION {
+            return Err(ClientError::Unsupported {
+                what: "streamed code runs",
+                need: CODE_STREAM_PROTOCOL_VERSION,
+                have: self.version,
+            });
+        }
+        let mut conn = self.open(Op::CodeRunStream(spec)).await?;
+        match recv(&mut conn).await? {
+            Response::Ok => Ok(CodeStream { conn, done: false }),
             other => Err(unexpected(other)),
         }
     }
@@ -745,6 +764,39 @@ impl ExecOutputHalf {
     }
 }
 
+/// What a streamed code run yields: outputs, then how it ended (last).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodeStreamItem {
+    Output(CodeOutput),
+    Done(CodeRunDone),
+}
+
+/// The outputs of a streamed code run, as the kernel produces them.
+pub struct CodeStream {
+    conn: UnixStream,
+    done: bool,
+}
+
+impl CodeStream {
+    /// The next output, or the run's end (last; its outputs are empty).
+    pub async fn next(&mut self) -> Result<CodeStreamItem, ClientError> {
+        if self.done {
+            return Err(ClientError::Unexpected("the run already ended".into()));
+        }
+        match recv(&mut self.conn).await? {
+            Response::CodeOutput { output } => Ok(CodeStreamItem::Output(output)),
+            Response::CodeRan(d) => {
+                self.done = true;
+                Ok(CodeStreamItem::Done(d))
+            }
+            other => {
+                self.done = true;
+                Err(unexpected(other))
+            }
+        }
+    }
+}
+
 /// A TCP connection inside the sandbox, as a byte stream.
 pub struct TcpTunnel {
     inner: tokio::io::DuplexStream,
@@ -902,6 +954,65 @@ mod tests {
         assert_eq!(client.version(), PROTOCOL_VERSION);
         assert_eq!(client.agent_version(), "scripted");
         assert!(client.procs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn streamed_code_runs_yield_outputs_then_the_end_and_need_version_4() {
+        let g = fake_guest((1, 4), |req, mut c| async move {
+            let Op::CodeRunStream(spec) = req.op else {
+                return;
+            };
+            if spec.context == "nope" {
+                let e = GuestError::new(GuestErrorKind::NotFound, "no code context named nope");
+                answer(&mut c, Response::Error(e)).await;
+                return;
+            }
+            answer(&mut c, Response::Ok).await;
+            for text in ["1\n", "2\n"] {
+                let output = CodeOutput::Stdout { text: text.into() };
+                answer(&mut c, Response::CodeOutput { output }).await;
+            }
+            let done = CodeRunDone {
+                execution_count: Some(3),
+                ..Default::default()
+            };
+            answer(&mut c, Response::CodeRan(done)).await;
+        });
+        let client = GuestClient::connect(&g.0).await.unwrap();
+        let spec = |context: &str| CodeRunSpec {
+            context: context.into(),
+            code: "print(1); print(2)".into(),
+            timeout_ms: None,
+        };
+        let mut s = client.code_run_stream(spec("a")).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            match s.next().await.unwrap() {
+                CodeStreamItem::Output(CodeOutput::Stdout { text }) => got.push(text),
+                CodeStreamItem::Output(o) => panic!("{o:?}"),
+                CodeStreamItem::Done(d) => {
+                    assert_eq!(d.execution_count, Some(3));
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, ["1\n", "2\n"]);
+        assert!(s.next().await.is_err(), "nothing after the end");
+        match client.code_run_stream(spec("nope")).await {
+            Err(ClientError::Guest(e)) => assert_eq!(e.kind, GuestErrorKind::NotFound),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A version-3 guest is not asked at all.
+        let old = fake_guest((1, 3), |_, _| async { panic!("asked a v3 guest") });
+        let client = GuestClient::connect(&old.0).await.unwrap();
+        assert!(matches!(
+            client.code_run_stream(spec("a")).await,
+            Err(ClientError::Unsupported {
+                need: 4,
+                have: 3,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]

@@ -19,6 +19,10 @@
 //! | `shell_open` (v2) | nothing | `shell_opened` |
 //! | `shell_run` / `shell_send` (v2) | nothing | `Data` frames (the output, UTF-8), then `shell_ran` / `shell_sent` |
 //! | `shell_close` / `shell_list` (v2) | nothing | `ok` / `shells` |
+//! | `kernel_start` / `kernel_restart` (v3) | nothing | `kernel_started` |
+//! | `code_run` (v3) | nothing | `code_ran` (every output at once) |
+//! | `kernel_interrupt` / `kernel_stop` / `kernel_list` (v3) | nothing | `ok` / `kernels` |
+//! | `code_run_stream` (v4) | nothing | `ok` once the run is sent to the kernel, a `code_output` per output as it comes, then `code_ran` (outputs empty: only the error, count and flags) |
 //!
 //! Any step may instead be answered with `error`, after which the guest
 //! closes the connection. Closing a foreground `exec` connection early kills
@@ -169,6 +173,9 @@ pub enum Op {
     },
     /// List the sandbox's contexts (version 3).
     KernelList,
+    /// Run code in a context and stream each output as the kernel produces
+    /// it (version 4). Closing the connection interrupts the code.
+    CodeRunStream(CodeRunSpec),
 }
 
 fn default_language() -> String {
@@ -177,6 +184,14 @@ fn default_language() -> String {
 
 /// The protocol version that added code-interpreter contexts.
 pub const CODE_PROTOCOL_VERSION: u32 = 3;
+/// The protocol version that added streamed code runs (`code_run_stream`).
+pub const CODE_STREAM_PROTOCOL_VERSION: u32 = 4;
+/// Output one streamed code run may deliver (all outputs together); past
+/// it outputs are dropped and `truncated` is set, the code runs on.
+pub const MAX_CODE_STREAM_OUTPUT: usize = 16 << 20;
+/// The largest piece of stream text one `code_output` carries (longer
+/// text is split), so that every message fits a frame.
+pub const CODE_STREAM_CHUNK: usize = 256 << 10;
 /// Contexts one sandbox may hold at once.
 pub const MAX_CODE_CONTEXTS: usize = 8;
 /// Output kept of one code run (all streams and results together), so the
@@ -218,6 +233,28 @@ pub struct CodeRunDone {
     /// True when output past the limit was dropped.
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// One output of a streamed code run, as the kernel produced it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CodeOutput {
+    /// Text the code wrote to stdout (at most [`CODE_STREAM_CHUNK`] bytes).
+    Stdout { text: String },
+    /// Text the code wrote to stderr (at most [`CODE_STREAM_CHUNK`] bytes).
+    Stderr { text: String },
+    /// An `execute_result`: MIME type -> data.
+    Result {
+        data: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        execution_count: Option<u64>,
+    },
+    /// A `display_data`: MIME type -> data.
+    Display {
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The code raised.
+    Error(CodeError),
 }
 
 /// One code-interpreter context.
@@ -447,6 +484,10 @@ pub enum Response {
         pid: i32,
     },
     CodeRan(CodeRunDone),
+    /// One output of a `code_run_stream` (version 4).
+    CodeOutput {
+        output: CodeOutput,
+    },
     Kernels {
         contexts: Vec<KernelInfo>,
     },

@@ -6,14 +6,25 @@
 //! counts as active while a run is in progress. The daemon waits past a
 //! run's own timeout for at most [`REPLY_GRACE`] before it reports the
 //! guest unavailable.
+//!
+//! A streamed run ([`Runtime::code_run_stream`]) relays each output as a
+//! [`CodeEvent`] as the guest reports it; dropping the receiver closes the
+//! guest connection, which interrupts the code (the context stays usable).
+//! A guest older than protocol version 4 cannot stream: its run is done
+//! buffered and its outputs come as events at the end.
 
 use std::time::Duration;
 
 use hull_api::{
-    ApiError, CodeContext, CodeContextRequest, CodeContexts, CodeRunError, CodeRunRequest,
-    CodeRunResult,
+    ApiError, CodeContext, CodeContextRequest, CodeContexts, CodeEvent, CodeRunError,
+    CodeRunRequest, CodeRunResult,
 };
-use hull_proto::{CodeRunSpec, DEFAULT_CODE_TIMEOUT_MS, MAX_CODE_INPUT, valid_session_name};
+use hull_proto::client::{ClientError, CodeStreamItem};
+use hull_proto::{
+    CodeError, CodeOutput, CodeRunDone, CodeRunSpec, DEFAULT_CODE_TIMEOUT_MS, MAX_CODE_INPUT,
+    valid_session_name,
+};
+use tokio::sync::mpsc;
 
 use crate::exec::keep_active;
 use crate::{Runtime, guest_error};
@@ -35,6 +46,81 @@ fn check_context(name: &str) -> Result<(), ApiError> {
             "invalid context name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ . -"
         )))
     }
+}
+
+/// A run's context name, code size and timeout.
+fn check_run(context: &str, req: &CodeRunRequest) -> Result<(), ApiError> {
+    check_context(context)?;
+    if req.code.len() > MAX_CODE_INPUT {
+        return Err(ApiError::invalid(format!(
+            "the code is {} bytes; the limit is {MAX_CODE_INPUT}",
+            req.code.len()
+        )));
+    }
+    if let Some(t) = req.timeout_ms
+        && (t == 0 || t > MAX_TIMEOUT_MS)
+    {
+        return Err(ApiError::invalid(format!(
+            "timeout_ms {t} must be between 1 and {MAX_TIMEOUT_MS} milliseconds"
+        )));
+    }
+    Ok(())
+}
+
+fn run_error(e: CodeError) -> CodeRunError {
+    CodeRunError {
+        name: e.name,
+        value: e.value,
+        traceback: e.traceback,
+    }
+}
+
+fn output_event(o: CodeOutput) -> CodeEvent {
+    match o {
+        CodeOutput::Stdout { text } => CodeEvent::Stdout { text },
+        CodeOutput::Stderr { text } => CodeEvent::Stderr { text },
+        CodeOutput::Result {
+            data,
+            execution_count,
+        } => CodeEvent::Result {
+            data,
+            execution_count,
+        },
+        CodeOutput::Display { data } => CodeEvent::Display { data },
+        CodeOutput::Error(e) => CodeEvent::Exception(run_error(e)),
+    }
+}
+
+fn end_event(d: &CodeRunDone) -> CodeEvent {
+    CodeEvent::End {
+        execution_count: d.execution_count,
+        timed_out: d.timed_out,
+        truncated: d.truncated,
+    }
+}
+
+/// The events of a buffered run (a guest that cannot stream): all at once.
+fn buffered_events(d: CodeRunDone) -> Vec<CodeEvent> {
+    let mut v = Vec::new();
+    if !d.stdout.is_empty() {
+        v.push(CodeEvent::Stdout {
+            text: d.stdout.clone(),
+        });
+    }
+    if !d.stderr.is_empty() {
+        v.push(CodeEvent::Stderr {
+            text: d.stderr.clone(),
+        });
+    }
+    // Results and displays are not told apart in a buffered run.
+    for data in d.results.iter().cloned() {
+        v.push(CodeEvent::Display { data });
+    }
+    if let Some(e) = d.error.clone() {
+        v.push(CodeEvent::Exception(run_error(e)));
+    }
+    v.push(end_event(&d));
+    v
 }
 
 impl Runtime {
@@ -84,20 +170,7 @@ impl Runtime {
         context: &str,
         req: CodeRunRequest,
     ) -> Result<CodeRunResult, ApiError> {
-        check_context(context)?;
-        if req.code.len() > MAX_CODE_INPUT {
-            return Err(ApiError::invalid(format!(
-                "the code is {} bytes; the limit is {MAX_CODE_INPUT}",
-                req.code.len()
-            )));
-        }
-        if let Some(t) = req.timeout_ms
-            && (t == 0 || t > MAX_TIMEOUT_MS)
-        {
-            return Err(ApiError::invalid(format!(
-                "timeout_ms {t} must be between 1 and {MAX_TIMEOUT_MS} milliseconds"
-            )));
-        }
+        check_run(context, &req)?;
         let (e, c) = self.running_client(id, "run code in")?;
         let sid = e.id();
         let bound =
@@ -126,11 +199,7 @@ impl Runtime {
             stdout: d.stdout,
             stderr: d.stderr,
             results: d.results,
-            error: d.error.map(|e| CodeRunError {
-                name: e.name,
-                value: e.value,
-                traceback: e.traceback,
-            }),
+            error: d.error.map(run_error),
             execution_count: d.execution_count,
             timed_out: d.timed_out,
             truncated: d.truncated,
@@ -148,7 +217,13 @@ impl Runtime {
             .context
             .take()
             .unwrap_or_else(|| DEFAULT_CONTEXT.to_string());
-        check_context(&context)?;
+        check_run(&context, &req)?;
+        self.ensure_context(id, &context).await?;
+        self.code_run(id, &context, req).await
+    }
+
+    /// Start `context` unless it exists.
+    async fn ensure_context(&self, id: &str, context: &str) -> Result<(), ApiError> {
         let exists = self
             .code_contexts(id)
             .await?
@@ -157,7 +232,7 @@ impl Runtime {
             .any(|c| c.context == context);
         if !exists {
             let create = CodeContextRequest {
-                context: context.clone(),
+                context: context.to_string(),
                 language: None,
             };
             match self.code_context_create(id, create).await {
@@ -167,7 +242,109 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        self.code_run(id, &context, req).await
+        Ok(())
+    }
+
+    /// Run code in a context and stream its outputs as the kernel produces
+    /// them: returns once the run is under way (an unknown context, a bad
+    /// request or a stopped sandbox is an error here); the events end with
+    /// `end` (or `error`). Dropping the receiver interrupts the code.
+    pub async fn code_run_stream(
+        &self,
+        id: &str,
+        context: &str,
+        req: CodeRunRequest,
+    ) -> Result<mpsc::Receiver<CodeEvent>, ApiError> {
+        check_run(context, &req)?;
+        let (e, c) = self.running_client(id, "run code in")?;
+        let sid = e.id();
+        let started = tokio::time::Instant::now();
+        let bound =
+            Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_CODE_TIMEOUT_MS)) + REPLY_GRACE;
+        let spec = CodeRunSpec {
+            context: context.to_string(),
+            code: req.code,
+            timeout_ms: req.timeout_ms,
+        };
+        let late = move || {
+            ApiError::unavailable(format!(
+                "the guest agent of sandbox {sid} did not report the run's end after its timeout"
+            ))
+        };
+        let (tx, rx) = mpsc::channel::<CodeEvent>(64);
+        let stream = match tokio::time::timeout(bound, c.code_run_stream(spec.clone())).await {
+            Err(_) => return Err(late()),
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(ClientError::Unsupported { .. })) => None,
+            Ok(Err(err)) => return Err(guest_error(&e.id(), err)),
+        };
+        tokio::spawn(async move {
+            let sid = e.id();
+            let relay = async {
+                let Some(mut stream) = stream else {
+                    // An older guest: one buffered run, its events at the end.
+                    let evs = match c.code_run(spec).await {
+                        Ok(d) => buffered_events(d),
+                        Err(err) => vec![CodeEvent::Error {
+                            error: guest_error(&sid, err),
+                        }],
+                    };
+                    for ev in evs {
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                };
+                loop {
+                    let next = tokio::select! {
+                        r = stream.next() => r,
+                        // The client went away: dropping the stream closes
+                        // the guest connection, which interrupts the code.
+                        () = tx.closed() => return,
+                    };
+                    let (ev, last) = match next {
+                        Ok(CodeStreamItem::Output(o)) => (output_event(o), false),
+                        Ok(CodeStreamItem::Done(d)) => (end_event(&d), true),
+                        Err(err) => (
+                            CodeEvent::Error {
+                                error: guest_error(&sid, err),
+                            },
+                            true,
+                        ),
+                    };
+                    if tx.send(ev).await.is_err() || last {
+                        return;
+                    }
+                }
+            };
+            let failed = tokio::select! {
+                () = relay => false,
+                () = tokio::time::sleep_until(started + bound) => true,
+                never = keep_active(&e) => match never {},
+            };
+            if failed {
+                let _ = tx.send(CodeEvent::Error { error: late() }).await;
+            }
+            e.touch();
+        });
+        Ok(rx)
+    }
+
+    /// [`Runtime::code_run_stream`] in `req.context` (or `default`),
+    /// creating that context on first use.
+    pub async fn code_run_stream_default(
+        &self,
+        id: &str,
+        mut req: CodeRunRequest,
+    ) -> Result<mpsc::Receiver<CodeEvent>, ApiError> {
+        let context = req
+            .context
+            .take()
+            .unwrap_or_else(|| DEFAULT_CONTEXT.to_string());
+        check_run(&context, &req)?;
+        self.ensure_context(id, &context).await?;
+        self.code_run_stream(id, &context, req).await
     }
 
     async fn code_simple<T, F>(

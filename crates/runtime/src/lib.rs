@@ -13,11 +13,13 @@
 //! sandbox but not its filesystem (the writable layer lives in memory).
 #![forbid(unsafe_code)]
 
+mod browser;
 mod code;
 mod exec;
 mod files;
 pub mod hostinfo;
 mod imports;
+mod mcp_host;
 mod shell;
 mod snapshots;
 pub mod state;
@@ -43,6 +45,7 @@ use tokio::sync::mpsc;
 
 pub use exec::EXEC_OUTPUT_LIMIT;
 pub use imports::MAX_IMAGE_ARCHIVE;
+pub use mcp_host::{MAX_MESSAGE as MCP_MAX_MESSAGE, McpPosted};
 pub use snapshots::MAX_FORK;
 use store::{Record, Store};
 
@@ -197,6 +200,10 @@ pub struct Runtime {
     /// reading, so a snapshot cannot vanish between the lookup of its
     /// layers and the new sandbox's record naming it.
     snap_lock: tokio::sync::RwLock<()>,
+    /// Each sandbox's browser, driven over CDP (see `browser`).
+    browsers: browser::Browsers,
+    /// MCP servers registered on sandboxes, and their sessions.
+    mcp: mcp_host::McpHosts,
 }
 
 pub(crate) fn now() -> u64 {
@@ -387,6 +394,8 @@ impl Runtime {
             store_info,
             exports: Default::default(),
             snap_lock: tokio::sync::RwLock::new(()),
+            browsers: Default::default(),
+            mcp: Default::default(),
             probe: hostinfo::probe(),
             host,
             store,
@@ -1035,6 +1044,8 @@ impl Runtime {
             r.sandbox.state = SandboxState::Stopping;
         }
         self.persist(e)?;
+        self.mcp.sandbox_gone(&e.id());
+        self.browsers.forget(&e.id());
         e.set_client(None);
         let c = e.container();
         let host = self.host.clone();
@@ -1079,6 +1090,8 @@ impl Runtime {
     /// free its host resources, keeping the record for inspection.
     async fn fail(&self, e: &Entry, kind: &str, why: String) {
         tracing::warn!(sandbox = %e.id(), "{why}");
+        self.mcp.sandbox_gone(&e.id());
+        self.browsers.forget(&e.id());
         e.set_client(None);
         let c = e.container();
         let host = self.host.clone();
@@ -1104,6 +1117,18 @@ impl Runtime {
 
     /// One pass of the monitor: dead guests, OOM kills, TTL and idle expiry.
     async fn monitor_once(&self) {
+        // MCP sessions: idle ones end; calls in progress keep their sandbox active.
+        for sid in self.mcp.reap() {
+            let e = self
+                .sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&sid)
+                .cloned();
+            if let Some(e) = e {
+                e.touch();
+            }
+        }
         let entries: Vec<Arc<Entry>> = self
             .sandboxes
             .lock()
@@ -1212,6 +1237,7 @@ impl Runtime {
     /// running. When none is left, the host-wide setup (template mounts,
     /// cgroup parent) is undone too.
     pub async fn shutdown(&self) {
+        self.mcp.shutdown();
         self.snapshots
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,14 +1,15 @@
 //! Privileged tests of code-interpreter contexts over real containers (the
 //! `host` template, which shows the host's python3 and ipykernel — install
 //! `python3-ipykernel`): state, outputs by MIME type, errors, isolation,
-//! timeouts that keep the context, restart, a killed kernel.
+//! timeouts that keep the context, restart, a killed kernel; streamed runs
+//! and their bounds, `input()`, a client that goes away mid-run.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::Kit;
-use hull_api::{CodeContextRequest, CodeRunRequest, CodeRunResult, ErrorKind};
+use hull_api::{CodeContextRequest, CodeEvent, CodeRunRequest, CodeRunResult, ErrorKind};
 
 /// Whether to run: root, and the kernel installed (missing under
 /// `HULL_TEST_PRIVILEGED=1` is a failure).
@@ -244,4 +245,242 @@ async fn timeout_restart_and_killed_kernel() {
     kit.rt.code_restart(id, "k").await.unwrap();
     let r = run(&kit, id, "k", "1+2").await;
     assert_eq!(plain(&r), ["3"]);
+}
+
+/// Every event of a streamed run, up to its `end` (or `error`).
+async fn events(mut rx: tokio::sync::mpsc::Receiver<CodeEvent>) -> Vec<CodeEvent> {
+    let mut v = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        let last = matches!(ev, CodeEvent::End { .. } | CodeEvent::Error { .. });
+        v.push(ev);
+        if last {
+            break;
+        }
+    }
+    v
+}
+
+fn req(code: &str, timeout_ms: u64) -> CodeRunRequest {
+    CodeRunRequest {
+        code: code.into(),
+        timeout_ms: Some(timeout_ms),
+        context: None,
+    }
+}
+
+fn stdout_of(evs: &[CodeEvent]) -> String {
+    evs.iter()
+        .filter_map(|e| match e {
+            CodeEvent::Stdout { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Streamed runs: outputs arrive while the code still runs (it waits for
+/// a file the test writes only after the first output came), in order and
+/// by kind; errors, displays, the shortcut; hostile input: unknown and bad
+/// context names, a bad timeout, never-ending and huge output (bounded),
+/// `input()` (an error, not a hang), and a client that goes away mid-run
+/// (the code is interrupted and the context keeps its state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_bounds_stdin_and_disconnect() {
+    if !ready("streaming_bounds_stdin_and_disconnect") {
+        return;
+    }
+    let kit = Kit::new().await;
+    let sb = kit.create("host").await;
+    let id = sb.id.as_str();
+    create(&kit, id, "s").await;
+    run(&kit, id, "s", "z = 7").await;
+
+    // Progressive: the second line is printed only after the test has seen
+    // the first one and created the file the code waits for.
+    let code = "import os, time\nprint('first', flush=True)\n\
+                for _ in range(400):\n    if os.path.exists('/tmp/go'): break\n    time.sleep(0.05)\n\
+                print('second')\n6 * 7";
+    let mut rx = kit
+        .rt
+        .code_run_stream(id, "s", req(code, 60_000))
+        .await
+        .expect("stream");
+    let first = rx.recv().await.expect("a first event");
+    assert_eq!(
+        first,
+        CodeEvent::Stdout {
+            text: "first\n".into()
+        }
+    );
+    let touch = hull_api::ExecRequest {
+        cmd: vec!["touch".into(), "/tmp/go".into()],
+        ..Default::default()
+    };
+    assert_eq!(kit.rt.exec(id, touch).await.unwrap().exit_code, Some(0));
+    let rest = events(rx).await;
+    assert_eq!(stdout_of(&rest), "second\n", "{rest:?}");
+    let n = rest.len();
+    assert!(
+        matches!(&rest[n - 2], CodeEvent::Result { data, execution_count: Some(_) } if data["text/plain"] == "42"),
+        "{rest:?}"
+    );
+    assert!(
+        matches!(
+            rest[n - 1],
+            CodeEvent::End {
+                timed_out: false,
+                truncated: false,
+                ..
+            }
+        ),
+        "{rest:?}"
+    );
+
+    // Errors and displays, by kind.
+    let evs = events(
+        kit.rt
+            .code_run_stream(
+                id,
+                "s",
+                req(
+                    "from IPython.display import HTML, display\ndisplay(HTML('<i>x</i>'))\n1/0",
+                    30_000,
+                ),
+            )
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        matches!(&evs[0], CodeEvent::Display { data } if data["text/html"] == "<i>x</i>"),
+        "{evs:?}"
+    );
+    assert!(
+        matches!(&evs[1], CodeEvent::Exception(e) if e.name == "ZeroDivisionError" && !e.traceback.is_empty()),
+        "{evs:?}"
+    );
+    assert!(matches!(evs[2], CodeEvent::End { .. }), "{evs:?}");
+
+    // The shortcut creates its context on first use.
+    let evs = events(
+        kit.rt
+            .code_run_stream_default(id, req("print('via default')", 30_000))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stdout_of(&evs), "via default\n");
+
+    // Hostile requests are refused before anything runs.
+    for (ctx, code, t, kind) in [
+        ("nope", "1", 1000, ErrorKind::NotFound),
+        ("no/such", "1", 1000, ErrorKind::InvalidArgument),
+        ("", "1", 1000, ErrorKind::InvalidArgument),
+        ("s", "1", 0, ErrorKind::InvalidArgument),
+    ] {
+        let e = kit
+            .rt
+            .code_run_stream(id, ctx, req(code, t))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind, kind, "{ctx:?}: {e:?}");
+    }
+    let huge_code = "x".repeat(hull_proto::MAX_CODE_INPUT + 1);
+    let e = kit
+        .rt
+        .code_run_stream(id, "s", req(&huge_code, 1000))
+        .await
+        .expect_err("too big");
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+
+    // input(): a clear error at once, not a run that hangs until its timeout.
+    let r = run(&kit, id, "s", "input('name? ')").await;
+    assert!(!r.timed_out, "{r:?}");
+    assert_eq!(r.error.expect("an error").name, "StdinNotImplementedError");
+
+    // One huge write: capped, in chunks that fit the protocol's frames.
+    let evs = events(
+        kit.rt
+            .code_run_stream(id, "s", req("print('x' * (20 << 20))", 120_000))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let total = stdout_of(&evs).len();
+    assert_eq!(
+        total,
+        hull_proto::MAX_CODE_STREAM_OUTPUT,
+        "capped at the budget"
+    );
+    assert!(evs.iter().all(|e| match e {
+        CodeEvent::Stdout { text } => text.len() <= hull_proto::CODE_STREAM_CHUNK,
+        _ => true,
+    }));
+    assert!(
+        matches!(
+            evs.last(),
+            Some(CodeEvent::End {
+                truncated: true,
+                timed_out: false,
+                ..
+            })
+        ),
+        "{:?}",
+        evs.last()
+    );
+    // The same, buffered: capped at the reply's budget.
+    let r = run_t(&kit, id, "s", "print('y' * (4 << 20))", 120_000).await;
+    assert!(
+        r.truncated && r.stdout.len() <= hull_proto::MAX_CODE_OUTPUT,
+        "{}",
+        r.stdout.len()
+    );
+
+    // Never-ending output: bounded by the budget and ended by the timeout.
+    // (Paced: a loop that prints with no pause at all makes ipykernel
+    // itself buffer hundreds of MiB between its flushes, which can get the
+    // kernel OOM-killed before anything reaches the guest.)
+    let evs = events(
+        kit.rt
+            .code_run_stream(
+                id,
+                "s",
+                req(
+                    "import time\nwhile True:\n    print('y' * 100000)\n    time.sleep(0.001)",
+                    3000,
+                ),
+            )
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(stdout_of(&evs).len() <= hull_proto::MAX_CODE_STREAM_OUTPUT);
+    assert!(
+        matches!(
+            evs.last(),
+            Some(CodeEvent::End {
+                timed_out: true,
+                ..
+            })
+        ),
+        "{:?}",
+        evs.last()
+    );
+    assert!(
+        !evs.iter().any(|e| matches!(e, CodeEvent::Exception(_))),
+        "the interrupt is the timeout, not the code's error"
+    );
+
+    // A client that goes away: the code is interrupted, the context stays.
+    let rx = kit
+        .rt
+        .code_run_stream(
+            id,
+            "s",
+            req("import time\nwhile True:\n    time.sleep(0.1)", 600_000),
+        )
+        .await
+        .unwrap();
+    drop(rx);
+    let r = run(&kit, id, "s", "z").await;
+    assert_eq!(plain(&r), ["7"], "{r:?}");
 }

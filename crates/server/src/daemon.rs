@@ -354,6 +354,14 @@ pub async fn serve(
             cfg.max_upload_bytes,
             mcp_stop.clone(),
         );
+        // No Nagle: a streamed answer's small writes (an exec's last event,
+        // a Connect end-of-stream) would otherwise wait ~40 ms for the
+        // client's delayed ACK.
+        let l = axum::serve::ListenerExt::tap_io(l, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         servers.spawn(
             axum::serve(l, app)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))

@@ -68,24 +68,82 @@ fn too_large() -> ApiError {
     ApiError::invalid(format!("request body larger than {} MiB", MAX_JSON >> 20))
 }
 
+/// How much of a refused request body the daemon still reads, and throws
+/// away, before answering: a client still sending then gets the answer
+/// instead of a broken pipe (a "lingering close"). Larger declared bodies
+/// are answered at once.
+pub(crate) const DRAIN_MAX: u64 = 64 << 20;
+/// How long the daemon keeps reading a refused body at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read and discard what is left of a refused request body, within
+/// [`DRAIN_MAX`] bytes and a few seconds.
+pub(crate) async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                seen += d.len() as u64;
+                if seen > DRAIN_MAX {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Why [`read_bounded`] failed.
+pub(crate) enum BodyError {
+    /// Larger than the limit (what was sent has been drained).
+    TooLarge,
+    /// The connection failed while reading.
+    Read(String),
+}
+
+/// A request body of at most `limit` bytes. A body declared or found to be
+/// larger is drained (see [`drain`]) and refused.
+pub(crate) async fn read_bounded(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    if let Some(len) = content_length(headers)
+        && len > limit as u64
+    {
+        if len <= DRAIN_MAX {
+            drain(body).await;
+        }
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Some(d) = frame.data_ref() {
+            if buf.len() + d.len() > limit {
+                drain(body).await;
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = AppError;
     async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
         is_json(req.headers())?;
-        if content_length(req.headers()).is_some_and(|len| len > MAX_JSON as u64) {
-            return Err(too_large().into());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON)
+        let (parts, body) = req.into_parts();
+        let bytes = read_bounded(&parts.headers, body, MAX_JSON)
             .await
-            .map_err(|e| {
-                let inner = e.into_inner();
-                if inner
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    too_large()
-                } else {
-                    ApiError::invalid(format!("cannot read the request body: {inner}"))
+            .map_err(|e| match e {
+                BodyError::TooLarge => too_large(),
+                BodyError::Read(e) => {
+                    ApiError::invalid(format!("cannot read the request body: {e}"))
                 }
             })?;
         if bytes.is_empty() {

@@ -29,13 +29,16 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod browser;
 mod code;
+mod compat;
 pub mod config;
 mod daemon;
 mod error;
 mod exec;
 mod files;
 mod mcp;
+mod mcp_host;
 mod openapi;
 mod sandboxes;
 mod shell;
@@ -102,6 +105,7 @@ pub fn router_until(
     max_upload: u64,
     mcp_stop: CancellationToken,
 ) -> Router {
+    use browser::*;
     use code::*;
     use exec::*;
     use files::*;
@@ -109,6 +113,10 @@ pub fn router_until(
     use shell::*;
     use snapshots::*;
     let state = AppState { rt, max_upload };
+    // E2B carries its own credentials (API key, access tokens): outside the bearer layer.
+    let e2b = compat::e2b::router(state.clone(), auth.clone());
+    // SWE-ReX sends the token as X-API-Key: its routes check it themselves.
+    let swerex = compat::swerex::router(auth.clone());
     let api = Router::new()
         .route("/v1/version", get(version))
         .route("/v1/info", get(info))
@@ -163,7 +171,33 @@ pub fn router_until(
             "/v1/sandboxes/{id}/code/contexts/{context}/restart",
             post(code_restart),
         )
+        .route(
+            "/v1/sandboxes/{id}/code/contexts/{context}/run/stream",
+            post(code_run_stream),
+        )
         .route("/v1/sandboxes/{id}/code/run", post(code_run_default))
+        .route(
+            "/v1/sandboxes/{id}/code/run/stream",
+            post(code_run_stream_default),
+        )
+        .route("/v1/sandboxes/{id}/browser", get(browser_status))
+        .route("/v1/sandboxes/{id}/browser/start", post(browser_start))
+        .route("/v1/sandboxes/{id}/browser/stop", post(browser_stop))
+        .route("/v1/sandboxes/{id}/browser/restart", post(browser_restart))
+        .route("/v1/sandboxes/{id}/browser/actions", post(browser_action))
+        .route(
+            "/v1/sandboxes/{id}/browser/screenshot",
+            get(browser_screenshot),
+        )
+        .route("/v1/sandboxes/{id}/browser/cdp", get(browser_cdp))
+        .route(
+            "/v1/sandboxes/{id}/browser/cdp/json/version",
+            get(browser_cdp_version),
+        )
+        .route(
+            "/v1/sandboxes/{id}/browser/cdp/json/version/",
+            get(browser_cdp_version),
+        )
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
         .route("/v1/sandboxes/{id}/rollback", post(rollback))
         .route("/v1/snapshots", get(list_snapshots))
@@ -179,6 +213,18 @@ pub fn router_until(
         .route("/v1/templates/build", post(build_template))
         .route("/v1/templates/{name}", delete(remove_template))
         .route("/v1/system/reset", post(system_reset))
+        .route(
+            "/v1/sandboxes/{id}/mcp-servers",
+            post(mcp_host::mcp_server_start).get(mcp_host::mcp_server_list),
+        )
+        .route(
+            "/v1/sandboxes/{id}/mcp-servers/{name}",
+            delete(mcp_host::mcp_server_stop),
+        )
+        .route(
+            "/v1/sandboxes/{id}/mcp/{name}",
+            mcp_host::endpoint(mcp_stop.clone()),
+        )
         .route_service("/mcp", mcp::service(state.clone(), mcp_stop))
         .layer(axum::middleware::from_fn_with_state(
             auth,
@@ -187,6 +233,8 @@ pub fn router_until(
     Router::new()
         .route("/v1/health", get(health))
         .merge(api)
+        .merge(swerex)
+        .nest("/e2b", e2b)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -353,7 +353,7 @@ impl HullMcp {
     fn new(s: AppState) -> Self {
         Self {
             s,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::browser_router() + Self::code_router(),
         }
     }
 
@@ -632,6 +632,9 @@ impl HullMcp {
         answer(self.s.rt.rollback(&a.sandbox, &a.snapshot).await)
     }
 }
+
+mod browser;
+mod code;
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for HullMcp {

@@ -6,9 +6,11 @@
 use hull_api::*;
 use utoipa::OpenApi;
 
+use crate::browser::*;
 use crate::code::*;
 use crate::exec::*;
 use crate::files::*;
+use crate::mcp_host::*;
 use crate::sandboxes::*;
 use crate::shell::*;
 use crate::snapshots::*;
@@ -55,9 +57,25 @@ use crate::snapshots::*;
         code_contexts,
         code_run,
         code_run_default,
+        code_run_stream,
+        code_run_stream_default,
         code_interrupt,
         code_restart,
         code_context_delete,
+        mcp_server_start,
+        mcp_server_list,
+        mcp_server_stop,
+        mcp_endpoint_post,
+        mcp_endpoint_get,
+        mcp_endpoint_delete,
+        browser_status,
+        browser_start,
+        browser_stop,
+        browser_restart,
+        browser_action,
+        browser_screenshot,
+        browser_cdp,
+        browser_cdp_version,
         snapshot,
         rollback,
         list_snapshots,
@@ -79,6 +97,7 @@ use crate::snapshots::*;
         ErrorKind,
         ExecEvent,
         ExecClientMessage,
+        CodeEvent,
         ResetResult,
         BuildEvent,
         ImageConfig

@@ -1637,6 +1637,93 @@ async fn code_interpreter_routes() {
         let (s, b) = call(&app, "POST", &uri, body).await;
         assert_eq!(s, status, "{uri} {body}: {}", String::from_utf8_lossy(&b));
     }
+    // Streamed runs: NDJSON events, the last `end`; refusals come as the
+    // usual error status before any stream.
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{base}/contexts/two/run/stream"),
+        r#"{"code":"print('a')\n40 + 2"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let evs: Vec<hull_api::CodeEvent> = String::from_utf8_lossy(&b)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(evs[0], hull_api::CodeEvent::Stdout { text: "a\n".into() });
+    assert!(
+        matches!(&evs[1], hull_api::CodeEvent::Result { data, .. } if data["text/plain"] == "42"),
+        "{evs:?}"
+    );
+    assert!(
+        matches!(
+            evs[2],
+            hull_api::CodeEvent::End {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{evs:?}"
+    );
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("{base}/run/stream"),
+        r#"{"code":"x","context":"third"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&b).contains(r#""type":"exception""#),
+        "a new context: NameError"
+    );
+    for (uri, body, status) in [
+        (
+            format!("{base}/contexts/nope/run/stream"),
+            r#"{"code":"1"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("{base}/contexts/bad%2Fname/run/stream"),
+            r#"{"code":"1"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{base}/contexts/two/run/stream"),
+            r#"{"code":"1","context":"x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{base}/contexts/two/run/stream"),
+            r#"{"code":"1","timeout_ms":0}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{base}/run/stream"),
+            r#"{"code":1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{base}/run/stream"),
+            r#"{"code":"1","context":"../x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/sandboxes/nope/code/run/stream".to_string(),
+            r#"{"code":"1"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (s, b) = call(&app, "POST", &uri, body).await;
+        assert_eq!(s, status, "{uri} {body}: {}", String::from_utf8_lossy(&b));
+    }
+    let big = format!(r#"{{"code":"{}"}}"#, "x".repeat(2 << 20));
+    let (s, b) = call(&app, "POST", &format!("{base}/run/stream"), big).await;
+    assert_eq!(
+        (s, common::error_kind(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
     let (s, _) = call(
         &app,
         "DELETE",

@@ -1,6 +1,7 @@
 //! The daemon's `/mcp` endpoint with rmcp's own streamable-HTTP client over
 //! the real unix socket: tool list and schemas, sandbox lifecycle, exec,
-//! shell sessions, files, snapshots, and errors as tool errors; over TCP
+//! shell sessions, the code interpreter, files, snapshots, and errors as
+//! tool errors; over TCP
 //! the bearer token is required.
 
 mod common;
@@ -19,7 +20,14 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::{StreamableHttpClientTransport, UnixSocketHttpClient};
 use serde_json::{Value, json};
 
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 20] = [
+    "browser_action",
+    "browser_open",
+    "browser_restart",
+    "browser_screenshot",
+    "code_contexts",
+    "code_restart",
+    "code_run",
     "exec",
     "file_list",
     "file_read",
@@ -291,6 +299,157 @@ async fn mcp_tools_over_streamable_http() {
         "unset",
         "sessions are separate"
     );
+
+    // The code interpreter (python3-ipykernel on the host): state persists
+    // in a context, images are image content, a traceback is text without
+    // colours, a timeout keeps the state; bad input is a tool error.
+    let code = |args: Value| {
+        let c = &c;
+        async move {
+            let r = call(c, "code_run", args.clone()).await;
+            assert_ne!(r.is_error, Some(true), "code_run {args}: {r:?}");
+            r
+        }
+    };
+    let text = |r: &CallToolResult| {
+        r.content[0]
+            .as_text()
+            .map(|t| t.text.clone())
+            .unwrap_or_default()
+    };
+    let r = code(json!({"sandbox": "mcp-host", "code": "y = 6 * 7\nprint('set')"})).await;
+    assert_eq!(text(&r), "set\n");
+    let r = code(json!({"sandbox": "mcp-host", "code": "y"})).await;
+    assert_eq!(text(&r), "42");
+    assert_eq!(
+        r.structured_content.unwrap()["results"][0]["text/plain"],
+        "42"
+    );
+    let png = "89504e470d0a1a0a0000000d4948445200000001000000010806000000\
+               1f15c4890000000d49444154789c63000100000500010d0a2db40000000049454e44ae426082";
+    let r = code(json!({"sandbox": "mcp-host", "code": format!(
+        "from IPython.display import Image, display\ndisplay(Image(data=bytes.fromhex('{png}')))")}))
+    .await;
+    let image = r
+        .content
+        .iter()
+        .find_map(|c| c.as_image())
+        .expect("an image");
+    assert_eq!(image.mime_type, "image/png");
+    assert!(image.data.starts_with("iVBORw0KGgo"), "{}", image.data);
+    let structured = r.structured_content.unwrap().to_string();
+    assert!(
+        !structured.contains("iVBORw0KGgo"),
+        "no base64 twice: {structured}"
+    );
+    let r = code(json!({"sandbox": "mcp-host", "code": "1/0"})).await;
+    assert!(
+        text(&r).contains("ZeroDivisionError: division by zero"),
+        "{}",
+        text(&r)
+    );
+    assert!(!text(&r).contains('\u{1b}'), "no ANSI colours");
+    let r = code(
+        json!({"sandbox": "mcp-host", "code": "import time; time.sleep(30)", "timeout_ms": 500}),
+    )
+    .await;
+    assert_eq!(r.structured_content.unwrap()["timed_out"], true);
+    let r = code(json!({"sandbox": "mcp-host", "code": "y", "context": "second"})).await;
+    assert!(
+        text(&r).contains("NameError"),
+        "contexts are separate: {}",
+        text(&r)
+    );
+    let r = ok(&c, "code_contexts", json!({"sandbox": "mcp-host"})).await;
+    let names: Vec<&str> = r["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["context"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "second"]);
+    ok(&c, "code_restart", json!({"sandbox": "mcp-host"})).await;
+    let r = code(json!({"sandbox": "mcp-host", "code": "y"})).await;
+    assert!(text(&r).contains("NameError"), "restarted: {}", text(&r));
+    for (args, kind) in [
+        (json!({"sandbox": "nope", "code": "1"}), "not_found"),
+        (
+            json!({"sandbox": "mcp-host", "code": "1", "context": "../x"}),
+            "invalid_argument",
+        ),
+        (
+            json!({"sandbox": "mcp-host", "code": "1", "timeout_ms": 0}),
+            "invalid_argument",
+        ),
+        (json!({"sandbox": "mcp-host"}), "invalid_argument"),
+        (json!({"sandbox": id, "code": "1"}), "not_found"),
+    ] {
+        assert_eq!(err(&c, "code_run", args.clone()).await, kind, "{args}");
+    }
+    assert_eq!(
+        err(
+            &c,
+            "code_restart",
+            json!({"sandbox": "mcp-host", "context": "nope"})
+        )
+        .await,
+        "not_found"
+    );
+
+    // The browser (Debian's chromium on the host, seen through the host
+    // template): open a page, read it, a screenshot is image content, a
+    // bad tab or a bad step is a tool error.
+    let page = "data:text/html,<title>t</title><h1 id=h>hello from mcp</h1>";
+    let r = ok(
+        &c,
+        "browser_open",
+        json!({"sandbox": "mcp-host", "url": page}),
+    )
+    .await;
+    let tab = r["tab"]["id"].as_str().expect("a tab id").to_owned();
+    let r = ok(
+        &c,
+        "browser_action",
+        json!({"sandbox": "mcp-host", "action": {"type": "text", "tab": tab}}),
+    )
+    .await;
+    assert!(
+        r["text"].as_str().unwrap().contains("hello from mcp"),
+        "{r}"
+    );
+    let r = call(
+        &c,
+        "browser_screenshot",
+        json!({"sandbox": "mcp-host", "tab": tab}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let img = r
+        .content
+        .iter()
+        .find_map(|c| c.as_image())
+        .expect("an image content block");
+    assert_eq!(img.mime_type, "image/png");
+    assert!(img.data.starts_with("iVBORw0KGgo"), "a PNG in base64");
+    assert_eq!(
+        err(
+            &c,
+            "browser_action",
+            json!({"sandbox": "mcp-host", "action": {"type": "text", "tab": "no-such-tab"}})
+        )
+        .await,
+        "not_found"
+    );
+    assert_eq!(
+        err(
+            &c,
+            "browser_action",
+            json!({"sandbox": "mcp-host", "action": {"type": "click", "tab": tab, "selector": "(("}})
+        )
+        .await,
+        "invalid_argument"
+    );
+    ok(&c, "browser_restart", json!({"sandbox": "mcp-host"})).await;
 
     // Errors are tool errors carrying the API's kind; the session survives.
     assert_eq!(

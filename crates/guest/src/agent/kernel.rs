@@ -10,10 +10,14 @@
 //!
 //! A run sends an `execute_request` and collects the iopub messages whose
 //! parent is that request until the kernel reports `idle`; then the
-//! `execute_reply` is drained from the shell channel. On timeout the kernel
-//! gets `SIGINT` (ipykernel turns it into `KeyboardInterrupt`), the partial
+//! `execute_reply` is drained from the shell channel. A streamed run
+//! (`code_run_stream`) sends each output to the host as it arrives instead.
+//! On timeout, or when the host closes the connection, the kernel gets
+//! `SIGINT` (ipykernel turns it into `KeyboardInterrupt`), the partial
 //! outputs are returned and the context keeps its state. One run at a time
-//! per context; contexts are independent. A kernel that ended is reported on
+//! per context; contexts are independent. `input()` is not connected: the
+//! request says `allow_stdin: false`, so it raises
+//! `StdinNotImplementedError` at once. A kernel that ended is reported on
 //! the next run; `restart` starts a fresh one under the same name.
 
 use std::collections::HashMap;
@@ -25,9 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hull_proto::{
-    CodeError, CodeRunDone, CodeRunSpec, DEFAULT_CODE_TIMEOUT_MS, GuestError, GuestErrorKind,
-    KernelInfo, MAX_CODE_CONTEXTS, MAX_CODE_INPUT, MAX_CODE_OUTPUT, Op, Response,
-    valid_session_name,
+    CODE_STREAM_CHUNK, CodeError, CodeOutput, CodeRunDone, CodeRunSpec, DEFAULT_CODE_TIMEOUT_MS,
+    GuestError, GuestErrorKind, KernelInfo, MAX_CODE_CONTEXTS, MAX_CODE_INPUT, MAX_CODE_OUTPUT,
+    MAX_CODE_STREAM_OUTPUT, Op, Response, valid_session_name,
 };
 use jupyter_protocol::{
     ConnectionInfo, ExecuteRequest, ExecutionState, JupyterMessage, JupyterMessageContent,
@@ -98,7 +102,12 @@ pub(crate) async fn serve(agent: Arc<Agent>, mut conn: UnixStream, op: Op) {
         Op::KernelStart { context, language } => start(&agent, &context, &language)
             .await
             .map(|pid| Response::KernelStarted { pid }),
-        Op::CodeRun(spec) => run(&agent, spec).await.map(Response::CodeRan),
+        Op::CodeRun(spec) => run(&agent, &mut conn, spec, false)
+            .await
+            .map(Response::CodeRan),
+        Op::CodeRunStream(spec) => run(&agent, &mut conn, spec, true)
+            .await
+            .map(Response::CodeRan),
         Op::KernelInterrupt { context } => get(&agent, &context).map(|c| {
             signal(c.pid, Signal::SIGINT);
             Response::Ok
@@ -407,15 +416,37 @@ fn parent_id(m: &JupyterMessage) -> Option<&str> {
     m.parent_header.as_ref().map(|h| h.msg_id.as_str())
 }
 
-/// Collects outputs within the size bound.
+/// Collects outputs within the size bound ([`MAX_CODE_OUTPUT`]), or, when
+/// streaming, turns each into [`CodeOutput`]s within [`MAX_CODE_STREAM_OUTPUT`].
 struct Collect {
     done: CodeRunDone,
     used: usize,
+    stream: bool,
+    /// The run was interrupted by us (timeout, client gone): the
+    /// `KeyboardInterrupt` it raises is not the code's error.
+    interrupted: bool,
 }
 
 impl Collect {
+    fn new(stream: bool) -> Self {
+        Collect {
+            done: CodeRunDone::default(),
+            used: 0,
+            stream,
+            interrupted: false,
+        }
+    }
+
+    fn budget(&self) -> usize {
+        if self.stream {
+            MAX_CODE_STREAM_OUTPUT
+        } else {
+            MAX_CODE_OUTPUT
+        }
+    }
+
     fn room(&mut self, n: usize) -> bool {
-        if self.used + n > MAX_CODE_OUTPUT {
+        if self.used + n > self.budget() {
             self.done.truncated = true;
             false
         } else {
@@ -424,39 +455,86 @@ impl Collect {
         }
     }
 
-    fn add(&mut self, m: JupyterMessage) -> bool {
+    /// Take in one iopub message of the run; `out` gets what to stream.
+    /// True once the kernel is idle again (the run is over).
+    fn add(&mut self, m: JupyterMessage, out: &mut Vec<CodeOutput>) -> bool {
         match m.content {
             JupyterMessageContent::StreamContent(s) => {
                 let mut text = s.text;
-                let left = MAX_CODE_OUTPUT.saturating_sub(self.used);
+                let left = self.budget().saturating_sub(self.used);
                 if text.len() > left {
-                    let mut cut = left;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
+                    text.truncate(floor_char_boundary(&text, left));
                     self.done.truncated = true;
                 }
                 self.used += text.len();
-                match s.name {
-                    JStdio::Stdout => self.done.stdout.push_str(&text),
-                    JStdio::Stderr => self.done.stderr.push_str(&text),
+                let stdout = matches!(s.name, JStdio::Stdout);
+                if self.stream {
+                    let mut rest = text.as_str();
+                    while !rest.is_empty() {
+                        let cut = floor_char_boundary(rest, CODE_STREAM_CHUNK.min(rest.len()));
+                        // A chunk smaller than one character cannot happen
+                        // with a chunk size of kilobytes.
+                        let cut = if cut == 0 { rest.len() } else { cut };
+                        let text = rest[..cut].to_string();
+                        rest = &rest[cut..];
+                        out.push(if stdout {
+                            CodeOutput::Stdout { text }
+                        } else {
+                            CodeOutput::Stderr { text }
+                        });
+                    }
+                } else if stdout {
+                    self.done.stdout.push_str(&text);
+                } else {
+                    self.done.stderr.push_str(&text);
                 }
             }
             JupyterMessageContent::ExecuteResult(r) => {
-                self.done.execution_count = Some(r.execution_count.value() as u64);
-                self.bundle(serde_json::to_value(&r.data));
+                let count = r.execution_count.value() as u64;
+                self.done.execution_count = Some(count);
+                if let Some(data) = self.bundle(serde_json::to_value(&r.data)) {
+                    out.push(CodeOutput::Result {
+                        data,
+                        execution_count: Some(count),
+                    });
+                }
             }
-            JupyterMessageContent::DisplayData(d) => self.bundle(serde_json::to_value(&d.data)),
+            JupyterMessageContent::DisplayData(d) => {
+                if let Some(data) = self.bundle(serde_json::to_value(&d.data)) {
+                    out.push(CodeOutput::Display { data });
+                }
+            }
             JupyterMessageContent::ExecuteInput(i) => {
                 self.done.execution_count = Some(i.execution_count.value() as u64);
             }
             JupyterMessageContent::ErrorOutput(e) => {
-                self.done.error = Some(CodeError {
+                if self.interrupted && e.ename == "KeyboardInterrupt" {
+                    return false;
+                }
+                let e = CodeError {
                     name: e.ename,
                     value: e.evalue,
                     traceback: e.traceback,
-                });
+                };
+                let n = serde_json::to_string(&e).map(|s| s.len()).unwrap_or(0);
+                // An error always fits the reply: a traceback that does not
+                // keep its last lines (where the exception is).
+                let e = if self.room(n) {
+                    e
+                } else {
+                    let mut e = e;
+                    let keep = e.traceback.len().saturating_sub(3);
+                    e.traceback.drain(..keep);
+                    for line in &mut e.traceback {
+                        line.truncate(floor_char_boundary(line, 4096));
+                    }
+                    e.value.truncate(floor_char_boundary(&e.value, 4096));
+                    e
+                };
+                if self.stream {
+                    out.push(CodeOutput::Error(e.clone()));
+                }
+                self.done.error = Some(e);
             }
             JupyterMessageContent::Status(s) => {
                 return matches!(s.execution_state, ExecutionState::Idle);
@@ -466,17 +544,53 @@ impl Collect {
         false
     }
 
-    fn bundle(&mut self, v: Result<serde_json::Value, serde_json::Error>) {
-        if let Ok(serde_json::Value::Object(map)) = v {
-            let n = serde_json::to_string(&map).map(|s| s.len()).unwrap_or(0);
-            if self.room(n) {
-                self.done.results.push(map);
-            }
+    /// A MIME bundle within the budget (kept, unless streaming), or `None`.
+    fn bundle(
+        &mut self,
+        v: Result<serde_json::Value, serde_json::Error>,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let Ok(serde_json::Value::Object(map)) = v else {
+            return None;
+        };
+        let n = serde_json::to_string(&map).map(|s| s.len()).unwrap_or(0);
+        // One bundle must fit one frame either way.
+        if n > MAX_CODE_OUTPUT || !self.room(n) {
+            self.done.truncated = true;
+            return None;
+        }
+        if self.stream {
+            Some(map)
+        } else {
+            self.done.results.push(map);
+            None
         }
     }
 }
 
-async fn run(agent: &Arc<Agent>, spec: CodeRunSpec) -> Result<CodeRunDone, GuestError> {
+/// The largest index `<= i` on a character boundary of `s`.
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    let mut i = i;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Run code in a context. Buffered (`stream` false): the outputs come back
+/// in the final [`CodeRunDone`]. Streamed: `ok` once the request is with
+/// the kernel, then each output as a `code_output` message; the final
+/// answer carries only the error, the count and the flags. Either way, a
+/// host that closes the connection interrupts the code (as a timeout does)
+/// and the context stays usable.
+async fn run(
+    agent: &Arc<Agent>,
+    conn: &mut UnixStream,
+    spec: CodeRunSpec,
+    stream: bool,
+) -> Result<CodeRunDone, GuestError> {
     let ctx = get(agent, &spec.context)?;
     if spec.code.len() > MAX_CODE_INPUT {
         return Err(err(
@@ -499,23 +613,42 @@ async fn run(agent: &Arc<Agent>, spec: CodeRunSpec) -> Result<CodeRunDone, Guest
     if let Some(how) = ctx.ended() {
         return Err(dead(&how));
     }
-    let mut io = ctx.io.lock().await;
+    let (mut rd, mut wr) = conn.split();
+    // Waiting for the context's current run: a host that leaves meanwhile
+    // gives up its place.
+    let mut io = tokio::select! {
+        io = ctx.io.lock() => io,
+        () = closed(&mut rd) => return Err(err(GuestErrorKind::Unavailable, "the host went away")),
+    };
     let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(DEFAULT_CODE_TIMEOUT_MS));
     // One run at a time: nothing is queued behind it, and with
     // `stop_on_error` ipykernel would abort the next request that arrives
-    // soon after an error or interrupt.
+    // soon after an error or interrupt. `allow_stdin` is false: `input()`
+    // raises StdinNotImplementedError at once instead of waiting.
     let mut exec = ExecuteRequest::new(spec.code.clone());
     exec.stop_on_error = false;
+    exec.allow_stdin = false;
     let req: JupyterMessage = exec.into();
     let id = req.header.msg_id.clone();
     io.shell.send(req).await.map_err(zmq_err)?;
-    let mut c = Collect {
-        done: CodeRunDone::default(),
-        used: 0,
-    };
+    let mut c = Collect::new(stream);
+    // Whether the host is still there to take outputs.
+    let mut host = true;
+    if stream && send(&mut wr, &Response::Ok).await.is_err() {
+        host = false;
+    }
     let mut deadline = Instant::now() + timeout;
-    let mut interrupted = false;
+    let mut settle_by: Option<Instant> = None;
+    let mut out = Vec::new();
     loop {
+        if !host && settle_by.is_none() {
+            // The host left: interrupt, as for a timeout, and let the run
+            // settle so the context stays in step.
+            c.interrupted = true;
+            signal(ctx.pid, Signal::SIGINT);
+            settle_by = Some(Instant::now() + INTERRUPT_GRACE);
+            deadline = deadline.min(settle_by.unwrap_or(deadline));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::select! {
             r = tokio::time::timeout(left, io.iopub.read()) => r,
@@ -523,22 +656,38 @@ async fn run(agent: &Arc<Agent>, spec: CodeRunSpec) -> Result<CodeRunDone, Guest
                 let how = ctx.ended().unwrap_or_default();
                 return Err(dead(&how));
             }
+            () = closed(&mut rd), if host => {
+                host = false;
+                continue;
+            }
         };
         match msg {
             Ok(Ok(m)) => {
                 if parent_id(&m) != Some(id.as_str()) {
                     continue;
                 }
-                if c.add(m) {
+                let idle = c.add(m, &mut out);
+                for o in out.drain(..) {
+                    if host
+                        && send(&mut wr, &Response::CodeOutput { output: o })
+                            .await
+                            .is_err()
+                    {
+                        host = false;
+                    }
+                }
+                if idle {
                     break;
                 }
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "a bad iopub message"),
-            Err(_) if !interrupted => {
-                interrupted = true;
+            Err(_) if settle_by.is_none() => {
+                c.interrupted = true;
                 c.done.timed_out = true;
                 signal(ctx.pid, Signal::SIGINT);
-                deadline = Instant::now() + INTERRUPT_GRACE;
+                let by = Instant::now() + INTERRUPT_GRACE;
+                settle_by = Some(by);
+                deadline = by;
             }
             Err(_) => return Ok(c.done),
         }
@@ -559,17 +708,20 @@ async fn run(agent: &Arc<Agent>, spec: CodeRunSpec) -> Result<CodeRunDone, Guest
         }
     })
     .await;
-    if c.done.timed_out {
-        // The interrupt shows as a KeyboardInterrupt error; the timeout says it.
-        if c.done
-            .error
-            .as_ref()
-            .is_some_and(|e| e.name == "KeyboardInterrupt")
-        {
-            c.done.error = None;
+    Ok(c.done)
+}
+
+/// Resolves once the host has closed its side of the connection (it sends
+/// nothing after its request; anything it does send is ignored).
+async fn closed(rd: &mut tokio::net::unix::ReadHalf<'_>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
-    Ok(c.done)
 }
 
 async fn wait_ended(ctx: &Context) {

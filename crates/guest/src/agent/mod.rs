@@ -200,6 +200,7 @@ impl Agent {
             | Op::ShellList) => shell::serve(self, conn, op).await,
             op @ (Op::KernelStart { .. }
             | Op::CodeRun(_)
+            | Op::CodeRunStream(_)
             | Op::KernelInterrupt { .. }
             | Op::KernelRestart { .. }
             | Op::KernelStop { .. }
