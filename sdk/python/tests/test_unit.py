@@ -216,6 +216,8 @@ def test_unreachable_daemon(tmp_path: Path) -> None:
         (hull.Sandbox, hull.AsyncSandbox),
         (hull.Files, hull.AsyncFiles),
         (hull.Code, hull.AsyncCode),
+        (hull.Browser, hull.AsyncBrowser),
+        (hull.Mcp, hull.AsyncMcp),
         (hull.ShellSession, hull.AsyncShellSession),
         (hull.Snapshots, hull.AsyncSnapshots),
         (hull.Templates, hull.AsyncTemplates),
@@ -235,5 +237,44 @@ def test_sync_and_async_have_the_same_surface(sync_cls: type, async_cls: type) -
             assert isinstance(afn, property), name
             continue
         assert list(inspect.signature(fn).parameters) == list(inspect.signature(afn).parameters), name  # type: ignore[arg-type]
-        if name not in ("exec_stream", "sandbox"):
+        # Streams are iterators (no await); a URL is computed locally.
+        if name not in ("exec_stream", "run_stream", "sandbox", "url"):
             assert inspect.iscoroutinefunction(afn), f"{async_cls.__name__}.{name} is not awaitable"
+
+
+def test_browser_and_mcp_arguments_are_checked_before_any_request() -> None:
+    with pytest.raises(hull.InvalidArgument, match="tab"):
+        ops.browser_click("sb", 42, "a", None)
+    with pytest.raises(hull.InvalidArgument, match="tab"):
+        ops.browser_screenshot("sb", "", False)
+    with pytest.raises(hull.InvalidArgument, match="values"):
+        ops.browser_select("sb", "t", "select", [1], None)  # type: ignore[list-item]
+    with pytest.raises(hull.InvalidArgument, match="expression"):
+        ops.browser_evaluate("sb", "t", None, None)  # type: ignore[arg-type]
+    with pytest.raises(hull.InvalidArgument):
+        ops.mcp_start("sb", "x", [b"cat"], None, None, None, None, None)  # type: ignore[list-item]
+    with pytest.raises(hull.InvalidArgument, match="MCP server name"):
+        ops.mcp_stop("sb", "")
+    # A tab as a model, names percent-encoded into one segment.
+    tab = hull.BrowserTab(id="T1", url="about:blank", title="")
+    assert b'"tab":"T1"' in ops.browser_text("sb", tab, None).body
+    assert ops.mcp_path("s b", "a/b") == "/v1/sandboxes/s%20b/mcp/a%2Fb"
+
+
+def test_urls_for_other_clients_need_a_tcp_endpoint(tmp_path: Path) -> None:
+    tcp = hull.Endpoint(url="http://127.0.0.1:7070/", token="t")
+    assert ops.endpoint_url(tcp, "/v1/sandboxes/x/browser/cdp", "a CDP URL") == (
+        "http://127.0.0.1:7070/v1/sandboxes/x/browser/cdp"
+    )
+    with pytest.raises(hull.InvalidArgument, match="hull serve --listen"):
+        ops.endpoint_url(hull.Endpoint(socket=str(tmp_path / "s.sock")), "/v1/x", "a CDP URL")
+
+
+def test_code_events_parse_and_unknown_ones_are_internal_errors() -> None:
+    assert ops.parse_code_event(b'{"type":"stdout","text":"hi"}') == hull.models.CodeStdout(text="hi")
+    end = ops.parse_code_event(b'{"type":"end","timed_out":false,"truncated":false,"execution_count":3}')
+    assert isinstance(end, hull.CodeEnd) and end.execution_count == 3
+    err = ops.parse_code_event(b'{"type":"error","error":{"kind":"unavailable","message":"kernel died"}}')
+    assert isinstance(err, hull.models.ApiError) and err.message == "kernel died"
+    with pytest.raises(hull.Internal):
+        ops.parse_code_event(b'{"type":"bogus"}')

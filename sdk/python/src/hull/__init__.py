@@ -19,17 +19,33 @@ Quick start::
 
 from . import models
 from ._async import (
+    AsyncBrowser,
     AsyncCode,
+    AsyncCodeStream,
     AsyncExecStream,
     AsyncFiles,
     AsyncHull,
+    AsyncMcp,
     AsyncSandbox,
     AsyncShellSession,
     AsyncSnapshots,
     AsyncTemplates,
 )
 from ._config import Endpoint, parse_duration, parse_size
-from ._sync import Code, ExecStream, FileListing, Files, Hull, Sandbox, ShellSession, Snapshots, Templates
+from ._sync import (
+    Browser,
+    Code,
+    CodeStream,
+    ExecStream,
+    FileListing,
+    Files,
+    Hull,
+    Mcp,
+    Sandbox,
+    ShellSession,
+    Snapshots,
+    Templates,
+)
 from ._version import __version__
 from .errors import (
     Conflict,
@@ -44,11 +60,16 @@ from .errors import (
     Unavailable,
 )
 from .models import (
+    AxNode,
+    BrowserStatus,
+    BrowserTab,
     CodeContextInfo,
+    CodeEnd,
     CodeRunResult,
     ExecExit,
     ExecResult,
     FileInfo,
+    McpServerInfo,
     OutputChunk,
     SandboxInfo,
     SandboxState,
@@ -70,6 +91,12 @@ __all__ = [
     "FileListing",
     "Code",
     "AsyncCode",
+    "CodeStream",
+    "AsyncCodeStream",
+    "Browser",
+    "AsyncBrowser",
+    "Mcp",
+    "AsyncMcp",
     "ShellSession",
     "AsyncShellSession",
     "ExecStream",
@@ -103,4 +130,9 @@ __all__ = [
     "CodeContextInfo",
     "Snapshot",
     "TemplateInfo",
+    "CodeEnd",
+    "BrowserStatus",
+    "BrowserTab",
+    "AxNode",
+    "McpServerInfo",
 ]

@@ -9,9 +9,8 @@ of form: :meth:`AsyncHull.sandbox` is an ``async with`` block, and
 files to upload) runs in worker threads through ``anyio``, so the event
 loop is not blocked by the disk.
 
-Not yet here: ``sb.browser`` and ``sb.mcp`` (the browser and hosted MCP
-servers of issue 4, built alongside this SDK); see the extension point in
-:class:`AsyncSandbox`.
+``sb.browser``, ``sb.mcp`` and :meth:`AsyncCode.run_stream` (an async
+iterator, no ``await``) are there too.
 """
 
 from __future__ import annotations
@@ -344,9 +343,6 @@ class AsyncSandbox:
     """A handle to one sandbox, as ``hull.Sandbox`` with awaitable methods.
     Used with ``async with``, the sandbox is destroyed at the end."""
 
-    # Extension point: `browser` and `mcp` (issue 4) join `files`, `code`
-    # and `shell` here, as in `hull.Sandbox`.
-
     def __init__(self, client: AsyncHull, info: m.SandboxInfo) -> None:
         self._client = client
         self._info = info
@@ -356,6 +352,10 @@ class AsyncSandbox:
         self.files = AsyncFiles(self)
         #: The code interpreter (Python contexts).
         self.code = AsyncCode(self)
+        #: The sandbox's headless browser (Chromium).
+        self.browser = AsyncBrowser(self)
+        #: MCP servers hosted inside the sandbox.
+        self.mcp = AsyncMcp(self)
 
     @property
     def name(self) -> str | None:
@@ -743,6 +743,12 @@ class AsyncCode:
         """Run code in ``context`` (``default`` when absent, created on first use)."""
         return await self._sb._client._call(ops.code_run(self._sb.id, code, context, timeout))
 
+    def run_stream(self, code: str, *, context: str | None = None, timeout: Duration | None = None) -> AsyncCodeStream:
+        """Run code and iterate (``async for``) over its outputs as they come,
+        the last a :class:`~hull.models.CodeEnd`; closing early interrupts it."""
+        path, body, wait = ops.code_stream(self._sb.id, code, context, timeout)
+        return AsyncCodeStream(self._sb._client, path, body, wait)
+
     async def create(self, context: str, *, language: str | None = None) -> m.CodeContextInfo:
         """Start a named context."""
         return await self._sb._client._call(ops.code_create(self._sb.id, context, language))
@@ -762,6 +768,198 @@ class AsyncCode:
     async def stop(self, context: str = "default") -> None:
         """Stop the context's kernel."""
         await self._sb._client._call(ops.code_stop(self._sb.id, context))
+
+
+class AsyncCodeStream:
+    """The events of :meth:`AsyncCode.run_stream`, as ``hull.CodeStream``
+    with ``async for``; :meth:`aclose` before the end interrupts the code."""
+
+    def __init__(self, client: AsyncHull, path: str, body: bytes, read_timeout: ops.ReadTimeout) -> None:
+        self._client = client
+        self._path = path
+        self._body = body
+        self._read_timeout = read_timeout
+        self._resp: httpx.Response | None = None
+        self._lines: AsyncIterator[bytes] | None = None
+        self._done = False
+        #: The ``end`` event, once the stream reached it.
+        self.result: m.CodeEnd | None = None
+
+    def __aiter__(self) -> AsyncCodeStream:
+        return self
+
+    async def __anext__(self) -> m.CodeEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            if self._lines is None:
+                self._resp = await self._client._open_stream(
+                    "POST", self._path, body=self._body, headers=_JSON, read_timeout=self._read_timeout
+                )
+                self._lines = self._client._lines(self._resp)
+            async for line in self._lines:
+                ev = ops.parse_code_event(line)
+                if isinstance(ev, m.ApiError):
+                    raise error_from_api(ev.model_dump(mode="json"), 200)
+                if isinstance(ev, m.CodeEnd):
+                    self.result = ev
+                    await self.aclose()
+                return ev
+        except BaseException:
+            await self.aclose()
+            raise
+        await self.aclose()
+        raise Unavailable("the code stream ended before its end event (the daemon or the kernel went away)")
+
+    async def aclose(self) -> None:
+        """Close the connection; code still running is interrupted."""
+        self._done = True
+        if self._lines is not None:
+            with contextlib.suppress(RuntimeError):
+                await self._lines.aclose()  # type: ignore[attr-defined]
+        if self._resp is not None:
+            await self._resp.aclose()
+
+    async def __aenter__(self) -> AsyncCodeStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncBrowser:
+    """The sandbox's headless Chromium (``sb.browser``), as ``hull.Browser`` with awaitable methods, started by the
+    first call. Tabs are given as ids or :class:`~hull.models.BrowserTab`;
+    ``timeout`` (default 30 s) bounds loads and waits. The sandbox needs
+    Chromium (``Unavailable`` says what to install)."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+
+    async def _call(self, call: ops.Call[T]) -> T:
+        return await self._sb._client._call(call)
+
+    @property
+    def cdp_url(self) -> str:
+        """The raw CDP URL for Playwright's ``connect_over_cdp`` (with the
+        client's token as ``Authorization: Bearer``); ``InvalidArgument``
+        on a unix-socket client."""
+        return ops.endpoint_url(self._sb._client.endpoint, ops.sb(self._sb.id, "/browser/cdp"), "a CDP URL")
+
+    async def status(self) -> m.BrowserStatus:
+        """Whether the browser runs (``stopped``, ``running``, ``crashed``)."""
+        return await self._call(ops.browser_status(self._sb.id))
+
+    async def start(self) -> m.BrowserStatus:
+        """Start the browser if none runs."""
+        return await self._call(ops.browser_lifecycle(self._sb.id, "start"))
+
+    async def stop(self) -> m.BrowserStatus:
+        """Kill the browser; its tabs are gone."""
+        return await self._call(ops.browser_lifecycle(self._sb.id, "stop"))
+
+    async def restart(self) -> m.BrowserStatus:
+        """A fresh browser (after a crash, or to start over)."""
+        return await self._call(ops.browser_lifecycle(self._sb.id, "restart"))
+
+    async def open(self, url: str | None = None, *, timeout: Duration | None = None) -> m.BrowserTab:
+        """A new tab at ``url`` (``about:blank`` when absent), loaded."""
+        return await self._call(ops.browser_open(self._sb.id, url, timeout))
+
+    async def navigate(self, tab: str | m.BrowserTab, url: str, *, timeout: Duration | None = None) -> m.BrowserTab:
+        """Load ``url`` in the tab and wait for it."""
+        return await self._call(ops.browser_navigate(self._sb.id, tab, url, timeout))
+
+    async def click(self, tab: str | m.BrowserTab, selector: str, *, timeout: Duration | None = None) -> None:
+        """Click the first element matching the CSS selector."""
+        await self._call(ops.browser_click(self._sb.id, tab, selector, timeout))
+
+    async def type(
+        self,
+        tab: str | m.BrowserTab,
+        selector: str,
+        text: str,
+        *,
+        clear: bool = False,
+        timeout: Duration | None = None,
+    ) -> None:
+        """Type ``text`` into the first element matching the selector
+        (after its value, or instead of it with ``clear``)."""
+        await self._call(ops.browser_type(self._sb.id, tab, selector, text, clear, timeout))
+
+    async def select(
+        self, tab: str | m.BrowserTab, selector: str, values: str | Sequence[str], *, timeout: Duration | None = None
+    ) -> builtins.list[str]:
+        """Select options of a ``<select>`` by value or text; the values now selected."""
+        return await self._call(ops.browser_select(self._sb.id, tab, selector, values, timeout))
+
+    async def wait_for(
+        self, tab: str | m.BrowserTab, selector: str, *, visible: bool = False, timeout: Duration | None = None
+    ) -> bool:
+        """Wait for an element to match (and be visible); ``False`` after the timeout."""
+        return await self._call(ops.browser_wait_for(self._sb.id, tab, selector, visible, timeout))
+
+    async def text(self, tab: str | m.BrowserTab, selector: str | None = None) -> str:
+        """The page's visible text (or an element's)."""
+        return await self._call(ops.browser_text(self._sb.id, tab, selector))
+
+    async def accessibility(self, tab: str | m.BrowserTab) -> m.AxNode | None:
+        """The page's accessibility tree."""
+        return await self._call(ops.browser_accessibility(self._sb.id, tab))
+
+    async def screenshot(self, tab: str | m.BrowserTab, *, full_page: bool = False) -> bytes:
+        """A PNG of the viewport, or of the whole page with ``full_page``."""
+        return await self._call(ops.browser_screenshot(self._sb.id, tab, full_page))
+
+    async def evaluate(self, tab: str | m.BrowserTab, expression: str, *, timeout: Duration | None = None) -> Any:
+        """Evaluate a JavaScript expression in the page (promises awaited); its value from JSON."""
+        return await self._call(ops.browser_evaluate(self._sb.id, tab, expression, timeout))
+
+    async def tabs(self) -> builtins.list[m.BrowserTab]:
+        """The open tabs."""
+        return await self._call(ops.browser_tabs(self._sb.id))
+
+    async def close(self, tab: str | m.BrowserTab) -> None:
+        """Close a tab."""
+        await self._call(ops.browser_close(self._sb.id, tab))
+
+
+class AsyncMcp:
+    """MCP servers hosted in the sandbox (``sb.mcp``), as ``hull.Mcp`` with awaitable methods: each registered
+    stdio server is served at its own streamable-HTTP endpoint."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+
+    async def start(
+        self,
+        name: str,
+        command: str | Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        startup_timeout: Duration | None = None,
+        session_idle_timeout: Duration | None = None,
+    ) -> m.McpServerInfo:
+        """Register a stdio MCP server (``command``: argv, or a shell line).
+        The daemon checks that it answers ``initialize``; one that does not
+        raises ``InvalidArgument`` quoting its output."""
+        return await self._sb._client._call(
+            ops.mcp_start(self._sb.id, name, command, env, cwd, user, startup_timeout, session_idle_timeout)
+        )
+
+    async def list(self) -> builtins.list[m.McpServerInfo]:
+        """The registered servers, with their open session counts."""
+        return await self._sb._client._call(ops.mcp_list(self._sb.id))
+
+    async def stop(self, name: str) -> None:
+        """Unregister a server; its sessions end."""
+        await self._sb._client._call(ops.mcp_stop(self._sb.id, name))
+
+    def url(self, name: str) -> str:
+        """The server's MCP endpoint URL (``InvalidArgument`` on a unix-socket client)."""
+        return ops.endpoint_url(self._sb._client.endpoint, ops.mcp_path(self._sb.id, name), "an MCP endpoint URL")
 
 
 class AsyncSnapshots:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from . import models as m
-from ._config import Duration, Size, millis, parse_duration, parse_size, whole_seconds
+from ._config import Duration, Endpoint, Size, millis, parse_duration, parse_size, whole_seconds
 from .errors import Internal, InvalidArgument
 
 T = TypeVar("T")
@@ -620,3 +620,263 @@ def code_interrupt(id_: str, context: str) -> Call[None]:
 
 def code_stop(id_: str, context: str) -> Call[None]:
     return Call("DELETE", _ctx(id_, context), _none)
+
+
+def code_stream(id_: str, code: str, context: str | None, timeout: Duration | None) -> tuple[str, bytes, ReadTimeout]:
+    """The route, JSON body and read timeout of a streamed run (``context``
+    created on first use, as with ``code/run``)."""
+    req = _build(
+        m.CodeRunRequest,
+        code=code,
+        context=context,
+        timeout_ms=None if timeout is None else millis(timeout, "timeout"),
+    )
+    wait = (req.timeout_ms / 1000 if req.timeout_ms is not None else 300.0) + TIMEOUT_MARGIN + 20.0
+    return sb(id_, "/code/run/stream"), _json(req), wait
+
+
+class _CodeError(BaseModel):
+    """The ``error`` event of a streamed code run."""
+
+    type: Literal["error"]
+    error: m.ApiError
+
+
+_CODE_EVENT = TypeAdapter(
+    Annotated[
+        m.CodeStdout | m.CodeStderr | m.CodeResult | m.CodeDisplay | m.CodeException | m.CodeEnd | _CodeError,
+        Field(discriminator="type"),
+    ]
+)
+
+
+def parse_code_event(line: bytes) -> m.CodeEvent | m.ApiError:
+    """One NDJSON line of a streamed code run (an ``error`` event gives its ``ApiError``)."""
+    try:
+        ev = _CODE_EVENT.validate_json(line)
+    except ValidationError as e:
+        raise Internal(f"unreadable code event from the daemon ({e.error_count()} problems): {line[:200]!r}") from None
+    return ev.error if isinstance(ev, _CodeError) else ev
+
+
+# --- browser -----------------------------------------------------------------
+
+
+def browser_status(id_: str) -> Call[m.BrowserStatus]:
+    return Call("GET", sb(id_, "/browser"), m.BrowserStatus.model_validate_json)
+
+
+def browser_lifecycle(id_: str, verb: str) -> Call[m.BrowserStatus]:
+    """``start``, ``stop`` or ``restart``."""
+    return Call("POST", sb(id_, f"/browser/{verb}"), m.BrowserStatus.model_validate_json, read_timeout=90.0)
+
+
+def tab_id(tab: Any) -> str:
+    """A tab given as its id or a :class:`~hull.models.BrowserTab`."""
+    t = tab if isinstance(tab, str) else getattr(tab, "id", None)
+    if not isinstance(t, str) or not t:
+        raise InvalidArgument(f"tab: expected a tab id or a BrowserTab (got {tab!r})")
+    return t
+
+
+def _result_field(action: str, key: str, convert: Callable[[Any], T]) -> Callable[[bytes], T]:
+    """A parser of a ``BrowserActionResult`` that checks its tag and returns one field."""
+
+    def parse(b: bytes) -> T:
+        try:
+            doc = _DOC.validate_json(b)
+            if doc.get("action") != action:
+                raise ValueError(f"expected action {action!r}")
+            return convert(doc.get(key))
+        except (ValidationError, ValueError, TypeError) as e:
+            raise Internal(f"unreadable {action} answer from the daemon ({e}): {b[:200]!r}") from None
+
+    return parse
+
+
+_DOC: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+def _str_list(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected a list of strings")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected a boolean")
+    return v
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _ax(v: Any) -> m.AxNode | None:
+    return None if v is None else m.AxNode.model_validate(v)
+
+
+def _tabs(v: Any) -> list[m.BrowserTab]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of tabs")
+    return [m.BrowserTab.model_validate(t) for t in v]
+
+
+def _timeout_ms(timeout: Duration | None) -> tuple[int | None, float]:
+    if timeout is None:
+        return None, 30.0 + TIMEOUT_MARGIN
+    ms = millis(timeout, "timeout")
+    return ms, ms / 1000 + TIMEOUT_MARGIN
+
+
+def browser_action(
+    id_: str,
+    action: str,
+    parse: Callable[[bytes], T],
+    timeout: Duration | None = None,
+    optional: tuple[str, ...] = (),
+    **fields: Any,
+) -> Call[T]:
+    """One ``POST .../browser/actions``; the ``optional`` fields are left out when ``None``."""
+    ms, wait = _timeout_ms(timeout)
+    for k in ("tab", "url", "selector", "text", "expression"):
+        if k in fields and not isinstance(fields[k], str) and not (k in optional and fields[k] is None):
+            raise InvalidArgument(f"{action}: {k} must be a string (got {fields[k]!r})")
+    body: dict[str, Any] = {"action": action, **{k: v for k, v in fields.items() if v is not None}}
+    if ms is not None:
+        body["timeout_ms"] = ms
+    # The first action also starts the browser.
+    return Call("POST", sb(id_, "/browser/actions"), parse, body=_DOC.dump_json(body), read_timeout=max(wait, 90.0))
+
+
+def browser_open(id_: str, url: str | None, timeout: Duration | None) -> Call[m.BrowserTab]:
+    parse = _result_field("open", "tab", m.BrowserTab.model_validate)
+    return browser_action(id_, "open", parse, timeout, ("url",), url=url)
+
+
+def browser_navigate(id_: str, tab: Any, url: str, timeout: Duration | None) -> Call[m.BrowserTab]:
+    parse = _result_field("navigate", "tab", m.BrowserTab.model_validate)
+    return browser_action(id_, "navigate", parse, timeout, tab=tab_id(tab), url=url)
+
+
+def browser_click(id_: str, tab: Any, selector: str, timeout: Duration | None) -> Call[None]:
+    return browser_action(
+        id_, "click", _result_field("click", "tab", lambda _: None), timeout, tab=tab_id(tab), selector=selector
+    )
+
+
+def browser_type(id_: str, tab: Any, selector: str, text: str, clear: bool, timeout: Duration | None) -> Call[None]:
+    parse = _result_field("type", "tab", lambda _: None)
+    return browser_action(id_, "type", parse, timeout, tab=tab_id(tab), selector=selector, text=text, clear=bool(clear))
+
+
+def browser_select(
+    id_: str, tab: Any, selector: str, values: str | Sequence[str], timeout: Duration | None
+) -> Call[list[str]]:
+    vals = [values] if isinstance(values, str) else list(values)
+    if not all(isinstance(v, str) for v in vals):
+        raise InvalidArgument(f"values must be strings (got {vals!r})")
+    parse = _result_field("select", "selected", _str_list)
+    return browser_action(id_, "select", parse, timeout, tab=tab_id(tab), selector=selector, values=vals)
+
+
+def browser_wait_for(id_: str, tab: Any, selector: str, visible: bool, timeout: Duration | None) -> Call[bool]:
+    parse = _result_field("wait_for", "found", _bool)
+    return browser_action(id_, "wait_for", parse, timeout, tab=tab_id(tab), selector=selector, visible=bool(visible))
+
+
+def browser_text(id_: str, tab: Any, selector: str | None) -> Call[str]:
+    parse = _result_field("text", "text", _text)
+    return browser_action(id_, "text", parse, None, ("selector",), tab=tab_id(tab), selector=selector)
+
+
+def browser_accessibility(id_: str, tab: Any) -> Call[m.AxNode | None]:
+    return browser_action(id_, "accessibility", _result_field("accessibility", "tree", _ax), None, tab=tab_id(tab))
+
+
+def _evaluated(b: bytes) -> Any:
+    d = _result_field("evaluate", "truncated", lambda v: v)
+    if d(b):
+        prefix = _DOC.validate_json(b).get("json_prefix")
+        raise Internal(f"the value's JSON is over 1 Mi characters; return less (it starts {str(prefix)[:200]!r})")
+    return _DOC.validate_json(b).get("value")
+
+
+def browser_evaluate(id_: str, tab: Any, expression: str, timeout: Duration | None) -> Call[Any]:
+    return browser_action(id_, "evaluate", _evaluated, timeout, tab=tab_id(tab), expression=expression)
+
+
+def browser_tabs(id_: str) -> Call[list[m.BrowserTab]]:
+    return browser_action(id_, "tabs", _result_field("tabs", "tabs", _tabs))
+
+
+def browser_close(id_: str, tab: Any) -> Call[None]:
+    return browser_action(id_, "close", _result_field("close", "tab", lambda _: None), tab=tab_id(tab))
+
+
+def browser_screenshot(id_: str, tab: Any, full_page: bool) -> Call[bytes]:
+    return Call(
+        "GET",
+        sb(id_, "/browser/screenshot"),
+        bytes,
+        params=[("tab", tab_id(tab)), ("full_page", "true" if full_page else "false")],
+        read_timeout=90.0,
+    )
+
+
+# --- MCP servers -------------------------------------------------------------
+
+
+def mcp_start(
+    id_: str,
+    name: str,
+    command: str | Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    user: str | None,
+    startup_timeout: Duration | None,
+    session_idle_timeout: Duration | None,
+) -> Call[m.McpServerInfo]:
+    req = _build(
+        m.McpServerRequest,
+        name=name,
+        command=argv(command),
+        env=dict(env or {}),
+        cwd=cwd,
+        user=user,
+        startup_timeout_ms=None if startup_timeout is None else millis(startup_timeout, "startup_timeout"),
+        session_idle_timeout_seconds=None
+        if session_idle_timeout is None
+        else whole_seconds(session_idle_timeout, "session_idle_timeout"),
+    )
+    wait = (req.startup_timeout_ms / 1000 if req.startup_timeout_ms is not None else 30.0) + TIMEOUT_MARGIN
+    return Call(
+        "POST", sb(id_, "/mcp-servers"), m.McpServerInfo.model_validate_json, body=_json(req), read_timeout=wait
+    )
+
+
+def mcp_list(id_: str) -> Call[list[m.McpServerInfo]]:
+    return Call("GET", sb(id_, "/mcp-servers"), lambda b: m.McpServers.model_validate_json(b).servers)
+
+
+def mcp_stop(id_: str, name: str) -> Call[None]:
+    return Call("DELETE", sb(id_, f"/mcp-servers/{seg(name, 'MCP server name')}"), _none)
+
+
+def mcp_path(id_: str, name: str) -> str:
+    return sb(id_, f"/mcp/{seg(name, 'MCP server name')}")
+
+
+def endpoint_url(endpoint: Endpoint, path: str, what: str) -> str:
+    """The full URL of a daemon route, for clients other than this SDK
+    (a CDP client, an MCP client): only a TCP endpoint has one."""
+    if endpoint.url is None:
+        raise InvalidArgument(
+            f"{what} needs the daemon on TCP (`hull serve --listen 127.0.0.1:7070`, then Hull(url=..., token=...)); "
+            f"this client talks to the unix socket {endpoint.socket}, which such clients cannot use "
+            f"(the route is {path})"
+        )
+    return endpoint.url.rstrip("/") + path

@@ -10,9 +10,9 @@ is one API call, except ``Sandbox.shell`` (a list when the name is taken),
 so they stay valid across daemon restarts. ``AsyncHull`` in
 ``hull._async`` has the same names with awaitable methods.
 
-Not yet here: ``sb.browser`` and ``sb.mcp`` (the browser and hosted MCP
-servers of issue 4, built alongside this SDK); see the extension point in
-:class:`Sandbox`.
+``sb.browser`` drives the sandbox's headless Chromium and ``sb.mcp``
+hosts stdio MCP servers inside the sandbox; both hand out URLs
+(``cdp_url``, ``mcp.url``) for other clients, which need the daemon on TCP.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
@@ -403,11 +403,6 @@ class Sandbox:
     block.
     """
 
-    # Extension point: `browser` (a headless browser served by the guest)
-    # and `mcp` (MCP servers hosted inside the sandbox, issue 4) join
-    # `files`, `code` and `shell` here: the daemon's routes are
-    # /v1/sandboxes/{id}/browser/... and /v1/sandboxes/{id}/mcp-servers.
-
     def __init__(self, client: Hull, info: m.SandboxInfo) -> None:
         self._client = client
         self._info = info
@@ -417,6 +412,10 @@ class Sandbox:
         self.files = Files(self)
         #: The code interpreter (Python contexts).
         self.code = Code(self)
+        #: The sandbox's headless browser (Chromium).
+        self.browser = Browser(self)
+        #: MCP servers hosted inside the sandbox.
+        self.mcp = Mcp(self)
 
     @property
     def name(self) -> str | None:
@@ -866,6 +865,16 @@ class Code:
         interrupts it and keeps the context's state."""
         return self._sb._client._call(ops.code_run(self._sb.id, code, context, timeout))
 
+    def run_stream(self, code: str, *, context: str | None = None, timeout: Duration | None = None) -> CodeStream:
+        """Run code as :meth:`run` does and iterate over its outputs as the
+        kernel produces them: :class:`~hull.models.CodeStdout`,
+        ``CodeStderr``, ``CodeResult``, ``CodeDisplay``, ``CodeException``,
+        and last a :class:`~hull.models.CodeEnd`. The request is sent at the
+        first iteration; closing the stream early interrupts the code (the
+        context keeps its state)."""
+        path, body, wait = ops.code_stream(self._sb.id, code, context, timeout)
+        return CodeStream(self._sb._client, path, body, wait)
+
     def create(self, context: str, *, language: str | None = None) -> m.CodeContextInfo:
         """Start a named context (``Conflict`` when it exists; at most 8)."""
         return self._sb._client._call(ops.code_create(self._sb.id, context, language))
@@ -885,6 +894,201 @@ class Code:
     def stop(self, context: str = "default") -> None:
         """Stop the context's kernel."""
         self._sb._client._call(ops.code_stop(self._sb.id, context))
+
+
+class CodeStream:
+    """The events of :meth:`Code.run_stream`: outputs, then one
+    :class:`~hull.models.CodeEnd` (kept in :attr:`result`). :meth:`close`
+    (or the end of a ``with`` block) before the end interrupts the code."""
+
+    def __init__(self, client: Hull, path: str, body: bytes, read_timeout: ops.ReadTimeout) -> None:
+        self._client = client
+        self._path = path
+        self._body = body
+        self._read_timeout = read_timeout
+        self._resp: httpx.Response | None = None
+        self._lines: Iterator[bytes] | None = None
+        self._done = False
+        #: The ``end`` event, once the stream reached it.
+        self.result: m.CodeEnd | None = None
+
+    def __iter__(self) -> CodeStream:
+        return self
+
+    def __next__(self) -> m.CodeEvent:
+        if self._done:
+            raise StopIteration
+        if self._lines is None:
+            self._resp = self._client._open_stream(
+                "POST", self._path, body=self._body, headers=_JSON, read_timeout=self._read_timeout
+            )
+            self._lines = self._client._lines(self._resp)
+        try:
+            for line in self._lines:
+                ev = ops.parse_code_event(line)
+                if isinstance(ev, m.ApiError):
+                    raise error_from_api(ev.model_dump(mode="json"), 200)
+                if isinstance(ev, m.CodeEnd):
+                    self.result = ev
+                    self.close()
+                return ev
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        raise Unavailable("the code stream ended before its end event (the daemon or the kernel went away)")
+
+    def close(self) -> None:
+        """Close the connection; code still running is interrupted."""
+        self._done = True
+        if self._lines is not None:
+            with contextlib.suppress(ValueError):
+                self._lines.close()  # type: ignore[attr-defined]
+        if self._resp is not None:
+            self._resp.close()
+
+    def __enter__(self) -> CodeStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Browser:
+    """The sandbox's headless Chromium (``sb.browser``), started by the
+    first call. Tabs are given as ids or :class:`~hull.models.BrowserTab`;
+    ``timeout`` (default 30 s) bounds loads and waits. The sandbox needs
+    Chromium (``Unavailable`` says what to install)."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sb = sandbox
+
+    def _call(self, call: ops.Call[T]) -> T:
+        return self._sb._client._call(call)
+
+    @property
+    def cdp_url(self) -> str:
+        """The raw CDP URL for Playwright's ``connect_over_cdp`` (with the
+        client's token as ``Authorization: Bearer``); ``InvalidArgument``
+        on a unix-socket client."""
+        return ops.endpoint_url(self._sb._client.endpoint, ops.sb(self._sb.id, "/browser/cdp"), "a CDP URL")
+
+    def status(self) -> m.BrowserStatus:
+        """Whether the browser runs (``stopped``, ``running``, ``crashed``)."""
+        return self._call(ops.browser_status(self._sb.id))
+
+    def start(self) -> m.BrowserStatus:
+        """Start the browser if none runs."""
+        return self._call(ops.browser_lifecycle(self._sb.id, "start"))
+
+    def stop(self) -> m.BrowserStatus:
+        """Kill the browser; its tabs are gone."""
+        return self._call(ops.browser_lifecycle(self._sb.id, "stop"))
+
+    def restart(self) -> m.BrowserStatus:
+        """A fresh browser (after a crash, or to start over)."""
+        return self._call(ops.browser_lifecycle(self._sb.id, "restart"))
+
+    def open(self, url: str | None = None, *, timeout: Duration | None = None) -> m.BrowserTab:
+        """A new tab at ``url`` (``about:blank`` when absent), loaded."""
+        return self._call(ops.browser_open(self._sb.id, url, timeout))
+
+    def navigate(self, tab: str | m.BrowserTab, url: str, *, timeout: Duration | None = None) -> m.BrowserTab:
+        """Load ``url`` in the tab and wait for it."""
+        return self._call(ops.browser_navigate(self._sb.id, tab, url, timeout))
+
+    def click(self, tab: str | m.BrowserTab, selector: str, *, timeout: Duration | None = None) -> None:
+        """Click the first element matching the CSS selector."""
+        self._call(ops.browser_click(self._sb.id, tab, selector, timeout))
+
+    def type(
+        self,
+        tab: str | m.BrowserTab,
+        selector: str,
+        text: str,
+        *,
+        clear: bool = False,
+        timeout: Duration | None = None,
+    ) -> None:
+        """Type ``text`` into the first element matching the selector
+        (after its value, or instead of it with ``clear``)."""
+        self._call(ops.browser_type(self._sb.id, tab, selector, text, clear, timeout))
+
+    def select(
+        self, tab: str | m.BrowserTab, selector: str, values: str | Sequence[str], *, timeout: Duration | None = None
+    ) -> builtins.list[str]:
+        """Select options of a ``<select>`` by value or text; the values now selected."""
+        return self._call(ops.browser_select(self._sb.id, tab, selector, values, timeout))
+
+    def wait_for(
+        self, tab: str | m.BrowserTab, selector: str, *, visible: bool = False, timeout: Duration | None = None
+    ) -> bool:
+        """Wait for an element to match (and be visible); ``False`` after the timeout."""
+        return self._call(ops.browser_wait_for(self._sb.id, tab, selector, visible, timeout))
+
+    def text(self, tab: str | m.BrowserTab, selector: str | None = None) -> str:
+        """The page's visible text (or an element's)."""
+        return self._call(ops.browser_text(self._sb.id, tab, selector))
+
+    def accessibility(self, tab: str | m.BrowserTab) -> m.AxNode | None:
+        """The page's accessibility tree."""
+        return self._call(ops.browser_accessibility(self._sb.id, tab))
+
+    def screenshot(self, tab: str | m.BrowserTab, *, full_page: bool = False) -> bytes:
+        """A PNG of the viewport, or of the whole page with ``full_page``."""
+        return self._call(ops.browser_screenshot(self._sb.id, tab, full_page))
+
+    def evaluate(self, tab: str | m.BrowserTab, expression: str, *, timeout: Duration | None = None) -> Any:
+        """Evaluate a JavaScript expression in the page (promises awaited); its value from JSON."""
+        return self._call(ops.browser_evaluate(self._sb.id, tab, expression, timeout))
+
+    def tabs(self) -> builtins.list[m.BrowserTab]:
+        """The open tabs."""
+        return self._call(ops.browser_tabs(self._sb.id))
+
+    def close(self, tab: str | m.BrowserTab) -> None:
+        """Close a tab."""
+        self._call(ops.browser_close(self._sb.id, tab))
+
+
+class Mcp:
+    """MCP servers hosted in the sandbox (``sb.mcp``): each registered
+    stdio server is served at its own streamable-HTTP endpoint."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sb = sandbox
+
+    def start(
+        self,
+        name: str,
+        command: str | Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        startup_timeout: Duration | None = None,
+        session_idle_timeout: Duration | None = None,
+    ) -> m.McpServerInfo:
+        """Register a stdio MCP server (``command``: argv, or a shell line).
+        The daemon checks that it answers ``initialize``; one that does not
+        raises ``InvalidArgument`` quoting its output."""
+        return self._sb._client._call(
+            ops.mcp_start(self._sb.id, name, command, env, cwd, user, startup_timeout, session_idle_timeout)
+        )
+
+    def list(self) -> builtins.list[m.McpServerInfo]:
+        """The registered servers, with their open session counts."""
+        return self._sb._client._call(ops.mcp_list(self._sb.id))
+
+    def stop(self, name: str) -> None:
+        """Unregister a server; its sessions end."""
+        self._sb._client._call(ops.mcp_stop(self._sb.id, name))
+
+    def url(self, name: str) -> str:
+        """The server's MCP endpoint URL (``InvalidArgument`` on a unix-socket client)."""
+        return ops.endpoint_url(self._sb._client.endpoint, ops.mcp_path(self._sb.id, name), "an MCP endpoint URL")
 
 
 class Snapshots:

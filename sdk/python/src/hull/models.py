@@ -762,3 +762,155 @@ class Health(_Answer):
 
     __openapi__ = "Health"
     status: str
+
+
+# --- streamed code runs -----------------------------------------------------
+
+
+class CodeStdout(_Answer):
+    """Text a streamed code run wrote to stdout (a long write comes as several)."""
+
+    __openapi__ = "CodeEvent#stdout"
+    type: Literal["stdout"] = "stdout"
+    text: str
+
+
+class CodeStderr(_Answer):
+    """Text a streamed code run wrote to stderr."""
+
+    __openapi__ = "CodeEvent#stderr"
+    type: Literal["stderr"] = "stderr"
+    text: str
+
+
+class CodeResult(_Answer):
+    """The value of the last expression, as a MIME bundle (``data``)."""
+
+    __openapi__ = "CodeEvent#result"
+    type: Literal["result"] = "result"
+    data: dict[str, Any]
+    execution_count: int | None = None
+
+
+class CodeDisplay(_Answer):
+    """A ``display(...)`` output, as a MIME bundle (``data``)."""
+
+    __openapi__ = "CodeEvent#display"
+    type: Literal["display"] = "display"
+    data: dict[str, Any]
+
+
+class CodeException(_Answer):
+    """The code raised: ``name``, ``value`` and ``traceback``."""
+
+    __openapi__ = "CodeEvent#exception"
+    type: Literal["exception"] = "exception"
+    name: str
+    value: str
+    traceback: list[str]
+
+
+class CodeEnd(_Answer):
+    """Last event of a streamed code run: ``timed_out`` (the timeout
+    interrupted it; the context keeps its state) and ``truncated`` (output
+    past the stream's 16 MiB was dropped)."""
+
+    __openapi__ = "CodeEvent#end"
+    type: Literal["end"] = "end"
+    timed_out: bool
+    truncated: bool
+    execution_count: int | None = None
+
+
+CodeEvent = CodeStdout | CodeStderr | CodeResult | CodeDisplay | CodeException | CodeEnd
+
+
+# --- browser ----------------------------------------------------------------
+
+
+class BrowserState(str, enum.Enum):
+    """Whether a sandbox's browser runs."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    CRASHED = "crashed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class BrowserStatus(_Answer):
+    """A sandbox's headless Chromium: ``state`` (``crashed`` with
+    ``error``), ``pid``, ``version``, ``cdp_path`` (the raw CDP route)."""
+
+    __openapi__ = "BrowserStatus"
+    state: BrowserState
+    cdp_path: str
+    error: str | None = None
+    pid: int | None = None
+    process: str | None = None
+    started_at: int | None = None
+    version: str | None = None
+
+
+class BrowserTab(_Answer):
+    """A browser tab: ``id`` (the ``tab`` of the other calls), ``url``, ``title``."""
+
+    __openapi__ = "BrowserTab"
+    id: str
+    url: str
+    title: str
+
+
+class AxNode(_Answer):
+    """A node of an accessibility snapshot: ``role``, ``name``, ``value``, ``children``."""
+
+    __openapi__ = "AxNode"
+    role: str
+    name: str | None = None
+    value: str | None = None
+    children: list[AxNode] | None = None
+
+
+# --- MCP servers ------------------------------------------------------------
+
+
+class McpServerRequest(_Request):
+    """``POST .../mcp-servers``."""
+
+    __openapi__ = "McpServerRequest"
+    name: str
+    command: list[str]
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    user: str | None = None
+    startup_timeout_ms: int | None = None
+    session_idle_timeout_seconds: int | None = None
+
+
+class McpServerInfo(_Answer):
+    """A registered MCP server: ``endpoint`` is its streamable-HTTP path on
+    the daemon (``McpServers.url`` gives the full URL); ``server_name``,
+    ``server_version``, ``protocol_version`` and ``tools`` come from the
+    registration check, ``sessions`` is the count of open sessions."""
+
+    __openapi__ = "McpServerInfo"
+    name: str
+    sandbox: str
+    command: list[str]
+    endpoint: str
+    server_name: str
+    server_version: str
+    protocol_version: str
+    sessions: int
+    startup_timeout_ms: int
+    session_idle_timeout_seconds: int
+    created_at: int
+    tools: int | None = None
+
+
+class McpServers(_Answer):
+    """``GET .../mcp-servers``."""
+
+    __openapi__ = "McpServers"
+    servers: list[McpServerInfo]
