@@ -870,8 +870,10 @@ impl LoopImage {
         }
         // An image unmounted a moment ago may still be attached: its loop
         // device (autoclear) is released once the kernel lets go of the
-        // filesystem, asynchronously. Give that a few seconds.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // filesystem, asynchronously: after a killed process's namespace
+        // goes, a btrfs unmount commits first, which took over 5 s on a
+        // loaded 2-core machine (a cold CI run). Give that 20 seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let mut attached =
             loop_devices_backing(&image).map_err(sys("listing the loop devices of", &image))?;
         while !attached.is_empty() && std::time::Instant::now() < deadline {

@@ -731,7 +731,9 @@ async fn interrupt(s: &AppState, id: &str, a: BashInterruptAction) -> Result<Val
                 id,
                 &a.session,
                 ShellRunRequest {
-                    command: "kill -9 %+".into(),
+                    // `disown`: bash would otherwise print "[1]+ Killed ..."
+                    // into the output of the session's next command.
+                    command: "kill -9 %+ 2>/dev/null; disown %+ 2>/dev/null; true".into(),
                     timeout_ms: Some(PROBE_MS),
                     ..Default::default()
                 },
