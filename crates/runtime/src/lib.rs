@@ -1044,8 +1044,7 @@ impl Runtime {
             r.sandbox.state = SandboxState::Stopping;
         }
         self.persist(e)?;
-        self.mcp.sandbox_gone(&e.id());
-        self.browsers.forget(&e.id());
+        self.end_tools(&e.id());
         e.set_client(None);
         let c = e.container();
         let host = self.host.clone();
@@ -1086,12 +1085,18 @@ impl Runtime {
         Ok(())
     }
 
+    /// End what the tools keep for a sandbox outside it: its hosted MCP
+    /// servers' sessions and its browser connection.
+    fn end_tools(&self, id: &str) {
+        self.mcp.sandbox_gone(id);
+        self.browsers.forget(id);
+    }
+
     /// Mark a sandbox failed (its init died or its agent is unreachable) and
     /// free its host resources, keeping the record for inspection.
     async fn fail(&self, e: &Entry, kind: &str, why: String) {
         tracing::warn!(sandbox = %e.id(), "{why}");
-        self.mcp.sandbox_gone(&e.id());
-        self.browsers.forget(&e.id());
+        self.end_tools(&e.id());
         e.set_client(None);
         let c = e.container();
         let host = self.host.clone();
