@@ -15,9 +15,13 @@ use utoipa::ToSchema;
 pub mod browser;
 pub mod limits;
 pub mod mcp_host;
+pub mod network;
+pub mod ports;
 pub use browser::*;
 pub use limits::*;
 pub use mcp_host::*;
+pub use network::{AllowItem, HeaderRuleSpec, NetworkMode, NetworkPolicy, SandboxNetwork};
+pub use ports::*;
 
 /// The closed set of error kinds every API error maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -247,6 +251,11 @@ pub struct CreateSandbox {
     /// another one is an error).
     #[serde(default)]
     pub from: Option<String>,
+    /// Network policy (`none`, `open`, `allow:...`; see docs/network.md);
+    /// the profile's default when absent.
+    #[serde(default)]
+    #[schema(schema_with = network::policy_or_string_schema)]
+    pub network: Option<NetworkPolicy>,
 }
 
 /// An immutable point-in-time capture of a sandbox's files.
@@ -313,6 +322,10 @@ pub struct Fork {
     pub limits: LimitsRequest,
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// Network policy of every new sandbox; the profile's default when absent.
+    #[serde(default)]
+    #[schema(schema_with = network::policy_or_string_schema)]
+    pub network: Option<NetworkPolicy>,
 }
 
 /// The answer to a fork: the new sandboxes, in order.
@@ -373,6 +386,9 @@ pub struct Sandbox {
     /// the one it rolled back to); absent for a template's pristine files.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// The network policy in force (header values redacted).
+    #[serde(default)]
+    pub network: NetworkPolicy,
 }
 
 /// `GET /v1/sandboxes`.
@@ -749,6 +765,10 @@ pub struct HostInfo {
     pub templates: Vec<TemplateInfo>,
     pub sandboxes: usize,
     pub defaults: Limits,
+    /// Whether sandbox networking is available (ranges, table, pool,
+    /// default policies), or why not.
+    #[serde(default)]
+    pub network: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -993,7 +1013,32 @@ pub struct CodeRunResult {
     pub truncated: bool,
 }
 
-/// One event of a streamed code run (an NDJSON line), in the order the
+/// One change in a watched directory: a line of the NDJSON stream of
+/// `GET /v1/sandboxes/{id}/files/watch`, in the order the changes
+/// happened. `name` is relative to the watched directory (`sub/a.txt` in
+/// a recursive watch; empty for the directory itself), `path` absolute.
+/// The stream runs until the client disconnects; it ends on its own only
+/// with an `error` line (the directory was removed, the sandbox stopped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FileWatchEvent {
+    /// Created, or moved in.
+    Create { name: String, path: String },
+    /// Its content was modified.
+    Write { name: String, path: String },
+    /// Deleted.
+    Remove { name: String, path: String },
+    /// Moved away (a new name inside the watch comes as `create`).
+    Rename { name: String, path: String },
+    /// Permissions, owner or times changed.
+    Chmod { name: String, path: String },
+    /// Events were lost (the sandbox's event queue overflowed because the
+    /// client read too slowly, or a new subdirectory could not be watched).
+    Overflow,
+    /// The watch ended: the API's error.
+    Error { error: ApiError },
+}
+
 /// kernel produced them; the last is `end` or `error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// state directories go (a temporary directory in it, removed after).
     #[arg(long, default_value = "/var/tmp", requires = "snapshots")]
     pub dir: std::path::PathBuf,
+    /// Measure create latency with networking (`open`, pooled) against
+    /// `none` instead, interleaved in the same run.
+    #[arg(long, conflicts_with = "snapshots")]
+    pub net: bool,
 }
 
 /// Which snapshot store backends `hull bench --snapshots` measures.
@@ -242,6 +246,9 @@ pub async fn run(client: &Client, a: BenchArgs) -> anyhow::Result<()> {
     let n = a.n.unwrap_or(500);
     anyhow::ensure!(n >= 1, "-n must be at least 1");
     anyhow::ensure!(!a.snapshots, "--snapshots runs on private daemons");
+    if a.net {
+        return crate::bench_net::run(client, &a.template, n).await;
+    }
     let info: hull_api::HostInfo = client.call(Method::GET, "/v1/info", None::<&()>).await?;
     println!(
         "hull bench: {} iterations, template {}, kernel {}, {} CPUs, cgroups {}",

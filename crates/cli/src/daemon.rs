@@ -56,7 +56,14 @@ pub async fn serve(
     listen: Option<std::net::SocketAddr>,
     config: Option<PathBuf>,
     snapshot_backend: Option<String>,
+    net: crate::net::ServeNetFlags,
 ) -> anyhow::Result<()> {
+    let crate::net::ServeNetFlags {
+        net_range,
+        net_range6,
+        dns,
+        upstream_ca,
+    } = net;
     let snapshot_backend = snapshot_backend
         .map(|b| hull_runtime::BackendChoice::parse(&b))
         .transpose()
@@ -83,6 +90,10 @@ pub async fn serve(
         config,
         guest_binary,
         snapshot_backend,
+        net_range,
+        net_range6,
+        dns,
+        upstream_ca,
     })?;
     Ok(hull_server::run(cfg).await?)
 }

@@ -16,6 +16,7 @@ mod bench_browser;
 mod bench_code;
 mod bench_daemon;
 mod bench_image;
+mod bench_net;
 mod bench_peers;
 mod bench_snapshots;
 mod browse;
@@ -23,8 +24,10 @@ mod client;
 mod code;
 mod cp;
 mod daemon;
+mod expose;
 mod mcp;
 mod mcp_servers;
+mod net;
 mod shell;
 mod transfer;
 
@@ -84,6 +87,8 @@ enum Cmd {
         /// image can be made, else overlay].
         #[arg(long, env = "HULL_SNAPSHOT_BACKEND")]
         snapshot_backend: Option<String>,
+        #[command(flatten)]
+        net: net::ServeNetFlags,
     },
     /// Create a sandbox, run a command in it, destroy it.
     Run {
@@ -112,6 +117,16 @@ enum Cmd {
     /// --screenshot out.png` opens a tab and writes a PNG; `--text` prints
     /// the page's text; `--action JSON` sends any action.
     Browse(browse::BrowseArgs),
+    /// Expose a TCP port of a sandbox through the daemon and forward a
+    /// local address to it until Ctrl-C: `hull expose ID 8080` (then
+    /// `curl http://127.0.0.1:8080/`); `--list`; `PORT --rm`.
+    Expose(expose::ExposeArgs),
+    /// A sandbox's network policy: `hull net show ID`, `hull net set ID
+    /// allow:example.com,10.0.0.0/8` (grammar in docs/network.md).
+    Net {
+        #[command(subcommand)]
+        cmd: net::NetCmd,
+    },
     /// Run a command in a sandbox.
     Exec {
         #[command(flatten)]
@@ -189,6 +204,9 @@ enum Cmd {
         /// Lifetime of each, e.g. 10m.
         #[arg(long)]
         ttl: Option<String>,
+        /// Network policy of each (as for create).
+        #[arg(long, value_name = "POLICY")]
+        net: Option<String>,
     },
     /// Templates: `ls`, `import IMAGE.tar`, `build NAME --debian SUITE`,
     /// `save SNAPSHOT NAME` (a template made of a snapshot), `rm NAME`.
@@ -349,6 +367,10 @@ struct SandboxOpts {
     /// Label (key=value, repeatable).
     #[arg(short = 'l', long = "label")]
     labels: Vec<String>,
+    /// Network policy: none, open, allow:example.com,10.0.0.0/8,...
+    /// [default: the profile's: rollout none, session open].
+    #[arg(long, value_name = "POLICY")]
+    net: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -631,6 +653,7 @@ impl SandboxOpts {
             env: kv(&self.env, "environment variable")?,
             user: self.user.clone(),
             workdir: self.workdir.clone(),
+            network: self.net.as_deref().map(net::parse_policy).transpose()?,
         })
     }
 }
@@ -701,9 +724,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         listen,
         config,
         snapshot_backend,
+        net,
     } = cli.cmd
     {
-        daemon::serve(cli.socket, state_dir, listen, config, snapshot_backend).await?;
+        daemon::serve(cli.socket, state_dir, listen, config, snapshot_backend, net).await?;
         return Ok(Outcome::Code(0));
     }
     let client = Client::from_env(daemon::client_socket(cli.socket))?;
@@ -749,6 +773,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::Browse(args) => Ok(Outcome::Code(
             browse::browse(&client, args, json_out).await?,
         )),
+        Cmd::Expose(args) => {
+            expose::expose(&client, args, json_out).await?;
+            Ok(ok)
+        }
+        Cmd::Net { cmd } => {
+            net::net(&client, cmd, json_out).await?;
+            Ok(ok)
+        }
         Cmd::McpServer(c) => {
             mcp_servers::mcp_server(&client, c, json_out).await?;
             Ok(ok)
@@ -806,12 +838,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             profile,
             labels,
             ttl,
+            net,
         } => {
             let req = Fork {
                 n,
                 profile: profile.as_deref().map(parse_profile).transpose()?,
                 labels: kv(&labels, "label")?,
                 ttl_seconds: ttl.as_deref().map(|t| seconds(t, "--ttl")).transpose()?,
+                network: net.as_deref().map(net::parse_policy).transpose()?,
                 ..Default::default()
             };
             let r: ForkResult = client
@@ -1023,6 +1057,7 @@ fn print_info(i: &HostInfo) {
     println!("qemu tcg:         {}", i.tcg);
     println!("uid range:        {}", i.uid_range);
     println!("snapshot store:   {}", i.snapshot_store);
+    println!("network:          {}", i.network);
     println!("sandboxes:        {}", i.sandboxes);
     println!(
         "defaults:         memory {} cpus {} pids {} disk {}",

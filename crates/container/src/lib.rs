@@ -129,6 +129,9 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub user: Option<String>,
     pub workdir: Option<String>,
+    /// Start in this network namespace (a pooled one the daemon made, see
+    /// `hull_net::pool`) instead of a fresh one with only `lo`.
+    pub netns: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// A running container as the host tracks it.
@@ -501,11 +504,15 @@ impl ContainerHost {
             .map_err(io_err("creating", &log_path))?;
         let cg_fd = cg.v2_dir_fd();
         let argv = [OsStr::new("hull-guest"), OsStr::new("init")];
-        let spawned = hull_sys::ns::spawn(&hull_sys::ns::SpawnSpec {
+        let namespaces = match spec.netns {
+            Some(_) => hull_sys::ns::SANDBOX_NAMESPACES & !(libc_clone_newnet()),
+            None => hull_sys::ns::SANDBOX_NAMESPACES,
+        };
+        let spawn_spec = hull_sys::ns::SpawnSpec {
             program: &self.guest_binary,
             argv: &argv,
             env: &[("HULL_SANDBOX", spec.id.as_str())],
-            namespaces: hull_sys::ns::SANDBOX_NAMESPACES,
+            namespaces,
             cgroup: cg_fd.as_ref().map(|f| f.as_fd()),
             fds: &[
                 (null.as_fd(), 0),
@@ -516,7 +523,19 @@ impl ContainerHost {
             ],
             wait_before_exec: Some(go_r.as_fd()),
             become_root: true,
-        })?;
+        };
+        // A pooled namespace: this thread enters it just for the clone, so
+        // the child inherits it (owned by the initial user namespace: root
+        // in the sandbox gets no CAP_NET_ADMIN over it).
+        let spawned = match &spec.netns {
+            Some(ns) => hull_sys::netns::run_in(ns.as_fd(), || hull_sys::ns::spawn(&spawn_spec))
+                .map_err(|source| ContainerError::Io {
+                what: "entering the sandbox's network namespace",
+                path: dir.display().to_string(),
+                source,
+            })??,
+            None => hull_sys::ns::spawn(&spawn_spec)?,
+        };
         drop(go_r);
         drop(plan_r);
         drop(status_w);
@@ -715,6 +734,10 @@ impl ContainerHost {
             .map_err(io_err("removing templates", &self.state_dir))?;
         Ok(removed)
     }
+}
+
+fn libc_clone_newnet() -> u64 {
+    nix::sched::CloneFlags::CLONE_NEWNET.bits() as u64
 }
 
 fn libc_sigkill() -> i32 {

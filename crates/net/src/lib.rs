@@ -11,5 +11,23 @@
 #![forbid(unsafe_code)]
 
 pub mod rules;
+// Namespaces, veth pool, addresses, nftables, policy compilation (NET-CORE).
+pub mod addr;
+pub mod link;
+pub mod nft;
+pub mod policy;
+pub mod pool;
+// Egress proxy and DNS (PROXY).
+pub mod dns;
+pub mod http_host;
+pub mod proxy;
+pub mod resolve;
+pub mod sni;
+// TLS interception, secret injection, record/replay (MITM).
+pub mod ca;
+pub mod cassette;
+pub mod intercept;
 
+pub use link::NetError;
+pub use pool::{NetConfig, NetHost, Slot};
 pub use rules::{Denied, EventSink, Mode, Registry, SandboxRules};

@@ -20,7 +20,8 @@ use crate::{
     CodeRunSpec, ExecInput, ExecSpec, ExitStatus, FileStat, Frame, GuestError, KernelInfo,
     MAX_FRAME, MAX_SHELL_OUTPUT, MIN_PROTOCOL_VERSION, Op, PROTOCOL_VERSION, ProcInfo, ProtoError,
     Request, Response, SHELL_PROTOCOL_VERSION, ShellInfo, ShellOpenSpec, ShellRunDone,
-    ShellRunSpec, ShellSendDone, ShellSendSpec, negotiate, read_frame, write_frame,
+    ShellRunSpec, ShellSendDone, ShellSendSpec, WATCH_PROTOCOL_VERSION, WatchEvent, negotiate,
+    read_frame, write_frame,
 };
 
 /// What can go wrong talking to a guest.
@@ -388,6 +389,30 @@ impl GuestClient {
         let mut conn = self.open(Op::CodeRunStream(spec)).await?;
         match recv(&mut conn).await? {
             Response::Ok => Ok(CodeStream { conn, done: false }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Watch a directory: returns once the guest watches it (a missing
+    /// path, a file, or too many watches is an error here). Dropping the
+    /// stream closes the connection, which ends the watch in the guest.
+    /// Needs protocol version 5 ([`ClientError::Unsupported`] before).
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<WatchStream, ClientError> {
+        if self.version < WATCH_PROTOCOL_VERSION {
+            return Err(ClientError::Unsupported {
+                what: "directory watches",
+                need: WATCH_PROTOCOL_VERSION,
+                have: self.version,
+            });
+        }
+        let mut conn = self
+            .open(Op::WatchStart {
+                path: path.to_string(),
+                recursive,
+            })
+            .await?;
+        match recv(&mut conn).await? {
+            Response::Ok => Ok(WatchStream { conn }),
             other => Err(unexpected(other)),
         }
     }
@@ -794,6 +819,30 @@ impl CodeStream {
                 Err(unexpected(other))
             }
         }
+    }
+}
+
+/// The changes in a watched directory, as the guest reports them.
+pub struct WatchStream {
+    conn: UnixStream,
+}
+
+impl WatchStream {
+    /// The next batch of events (never empty). An error ends the watch:
+    /// the guest's (the directory went away) or the connection's.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, ClientError> {
+        loop {
+            match recv(&mut self.conn).await? {
+                Response::WatchEvents { events } if events.is_empty() => continue,
+                Response::WatchEvents { events } => return Ok(events),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Ask the guest to end the watch and close the connection.
+    pub async fn stop(mut self) {
+        let _ = write_frame(&mut self.conn, &Frame::Eof).await;
     }
 }
 

@@ -19,7 +19,8 @@
 //! still talks to an older guest that keeps running across a daemon upgrade.
 //! Version 2 added shell sessions (the `shell_*` operations), version 3
 //! code-interpreter contexts (`kernel_*`, `code_run`), version 4 streamed
-//! code runs (`code_run_stream`, answered with `code_output` messages);
+//! code runs (`code_run_stream`, answered with `code_output` messages),
+//! version 5 directory watches (`watch_start`, answered with `watch_events`);
 //! nothing else changed, so an older host is served exactly as before.
 //! Messages only ever gain optional fields within a version
 //! (`#[serde(default)]`); unknown fields are ignored.
@@ -40,7 +41,7 @@ pub mod messages;
 pub use messages::*;
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// The largest frame (kind byte plus body) either side accepts.

@@ -23,6 +23,7 @@
 //! | `code_run` (v3) | nothing | `code_ran` (every output at once) |
 //! | `kernel_interrupt` / `kernel_stop` / `kernel_list` (v3) | nothing | `ok` / `kernels` |
 //! | `code_run_stream` (v4) | nothing | `ok` once the run is sent to the kernel, a `code_output` per output as it comes, then `code_ran` (outputs empty: only the error, count and flags) |
+//! | `watch_start` (v5) | `Eof` (or closing the connection) to stop | `ok` once the directory is watched, then `watch_events` batches until the host stops; `error` if the directory goes away |
 //!
 //! Any step may instead be answered with `error`, after which the guest
 //! closes the connection. Closing a foreground `exec` connection early kills
@@ -176,6 +177,14 @@ pub enum Op {
     /// Run code in a context and stream each output as the kernel produces
     /// it (version 4). Closing the connection interrupts the code.
     CodeRunStream(CodeRunSpec),
+    /// Watch a directory for changes (version 5): answered with `ok`, then
+    /// `watch_events` until the host sends `Eof` or closes the connection.
+    WatchStart {
+        path: String,
+        /// Watch subdirectories too (new ones as they appear).
+        #[serde(default)]
+        recursive: bool,
+    },
 }
 
 fn default_language() -> String {
@@ -266,6 +275,46 @@ pub struct KernelInfo {
     pub pid: i32,
     /// False once the kernel process has ended.
     pub alive: bool,
+}
+
+/// The protocol version that added directory watches (`watch_start`).
+pub const WATCH_PROTOCOL_VERSION: u32 = 5;
+/// Watches one guest agent holds at once (each is an inotify instance).
+pub const MAX_WATCHERS: usize = 32;
+/// Directories one recursive watch covers at most.
+pub const MAX_WATCH_DIRS: usize = 8192;
+/// Events one `watch_events` message carries at most.
+pub const MAX_WATCH_BATCH: usize = 128;
+
+/// What happened to an entry of a watched directory.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchEventKind {
+    /// Created, or moved in.
+    Create,
+    /// Its content was modified.
+    Write,
+    /// Deleted.
+    Remove,
+    /// Moved away (its new name, if still watched, comes as `create`).
+    Rename,
+    /// Its metadata (permissions, owner, times) changed.
+    Chmod,
+    /// Events were lost: the kernel's queue overflowed, or a new
+    /// subdirectory could not be watched (past [`MAX_WATCH_DIRS`]).
+    Overflow,
+    /// A kind this build does not know (from a newer guest).
+    #[serde(other)]
+    Unknown,
+}
+
+/// One change in a watched directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The entry's path relative to the watched directory (`sub/file` in
+    /// a recursive watch); empty for the directory itself and `overflow`.
+    pub name: String,
+    pub kind: WatchEventKind,
 }
 
 /// The protocol version that added shell sessions.
@@ -490,6 +539,10 @@ pub enum Response {
     },
     Kernels {
         contexts: Vec<KernelInfo>,
+    },
+    /// Changes in a watched directory, in the order they happened (version 5).
+    WatchEvents {
+        events: Vec<WatchEvent>,
     },
     Ok,
     Error(GuestError),

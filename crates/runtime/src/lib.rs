@@ -20,10 +20,13 @@ mod files;
 pub mod hostinfo;
 mod imports;
 mod mcp_host;
+mod network;
+mod ports;
 mod shell;
 mod snapshots;
 pub mod state;
 pub mod store;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -46,6 +49,7 @@ use tokio::sync::mpsc;
 pub use exec::EXEC_OUTPUT_LIMIT;
 pub use imports::MAX_IMAGE_ARCHIVE;
 pub use mcp_host::{MAX_MESSAGE as MCP_MAX_MESSAGE, McpPosted};
+pub use network::{DENIED_EVENTS_PER_MINUTE, NetworkConfig};
 pub use snapshots::MAX_FORK;
 use store::{Record, Store};
 
@@ -83,6 +87,8 @@ pub struct RuntimeConfig {
     /// Which snapshot store backend to open, and how big a loop-backed
     /// btrfs image made for it is.
     pub snapshots: SnapshotStoreConfig,
+    /// Sandbox networking (pooled namespaces, firewall, default policies).
+    pub network: NetworkConfig,
 }
 
 /// How the daemon opens its snapshot store (`<state>/snapshots`).
@@ -204,6 +210,8 @@ pub struct Runtime {
     browsers: browser::Browsers,
     /// MCP servers registered on sandboxes, and their sessions.
     mcp: mcp_host::McpHosts,
+    /// Sandbox networks: the pool, the firewall, the rules registry.
+    net: Arc<network::Net>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -389,7 +397,35 @@ impl Runtime {
             }
         };
         tracing::info!(store = %store_info, "snapshot store opened");
+        // The egress proxy's and DNS server's ports go into the firewall.
+        let mut net_cfg = config.network.clone();
+        let boundary = if net_cfg.enabled && net_cfg.proxy.is_none() {
+            match network::BoundaryListeners::bind() {
+                Ok((l, ports)) => {
+                    net_cfg.proxy = Some(ports);
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "egress proxy not started: domain allow items allow nothing");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let net = {
+            let keep = Runtime::net_keep(&store.all().unwrap_or_default(), &host.instance().id);
+            let (cfg, inst, dir) = (
+                net_cfg,
+                host.instance().id.clone(),
+                config.state_dir.clone(),
+            );
+            tokio::task::spawn_blocking(move || network::Net::start(cfg, &inst, &dir, &keep))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        };
         let rt = Arc::new(Runtime {
+            net: Arc::new(net),
             snapshots: Mutex::new(Some(Arc::from(snapshots))),
             store_info,
             exports: Default::default(),
@@ -404,6 +440,7 @@ impl Runtime {
             monitor: Mutex::new(None),
         });
         rt.clear_imports();
+        rt.start_boundary(boundary);
         let recovered = match rt.snap_recover() {
             Ok(()) => rt.recover().await,
             Err(e) => Err(e),
@@ -439,6 +476,7 @@ impl Runtime {
                         Some(c) => {
                             let entry = Entry::new(r.clone());
                             entry.set_container(Some(Arc::new(c)));
+                            self.net_adopt(&entry);
                             if r.sandbox.state == SandboxState::Running {
                                 // A daemon killed in the middle of a snapshot
                                 // left the sandbox frozen: running means thawed.
@@ -511,6 +549,7 @@ impl Runtime {
                     let cid = id.clone();
                     let _ = tokio::task::spawn_blocking(move || host.cleanup(&cid)).await;
                     self.store.delete(&id).map_err(store_error)?;
+                    self.net_forget(&id);
                 }
                 SandboxState::Stopped | SandboxState::Failed => {
                     known.push(id.clone());
@@ -654,6 +693,7 @@ impl Runtime {
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
             defaults: self.config.defaults,
+            network: self.net.describe(),
         }
     }
 
@@ -728,6 +768,7 @@ impl Runtime {
             )));
         }
         let profile = req.profile.unwrap_or_default();
+        let network = self.net.choose(profile, req.network.clone())?;
         let limits = req.limits.resolve(&self.config.defaults)?;
         validate_env(&req.env)?;
         validate_labels(&req.labels)?;
@@ -797,11 +838,15 @@ impl Runtime {
                 error: None,
                 events: Vec::new(),
                 snapshot: from.as_ref().map(|s| s.id.clone()),
+                network: network.redacted(),
             },
+            network,
+            net_slot: None,
             ttl_seconds: ttl,
             start_time: 0,
             last_activity: t,
             oom_seen: 0,
+            ports: Vec::new(),
         };
         let entry = Entry::new(record);
         {
@@ -828,6 +873,7 @@ impl Runtime {
         if let Err(err) = self.start_container(&entry, spec).await {
             let _ = self.store.delete(&id);
             self.forget(&id);
+            self.net_forget(&id);
             return Err(err);
         }
         {
@@ -860,12 +906,26 @@ impl Runtime {
             env: r.sandbox.env.clone().into_iter().collect(),
             user: r.sandbox.user.clone(),
             workdir: r.sandbox.workdir.clone(),
+            netns: None,
         }
     }
 
     /// Start the container, connect to its agent, and mark the entry
     /// running (not persisted). On error nothing is left on the host.
     async fn start_container(&self, entry: &Entry, spec: ContainerSpec) -> Result<(), ApiError> {
+        let mut spec = spec;
+        spec.netns = self.net_prepare(entry).await?;
+        self.net_ca_env(entry, &mut spec.env);
+        let started = self.start_container_in(entry, spec).await;
+        if started.is_err() {
+            self.net_release(entry);
+        } else {
+            self.net_install_ca(entry).await;
+        }
+        started
+    }
+
+    async fn start_container_in(&self, entry: &Entry, spec: ContainerSpec) -> Result<(), ApiError> {
         let host = self.host.clone();
         let container = tokio::task::spawn_blocking(move || host.create(&spec))
             .await
@@ -1060,6 +1120,7 @@ impl Runtime {
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
         e.set_container(None);
+        self.net_release(e);
         result.map_err(container_error)
     }
 
@@ -1082,6 +1143,7 @@ impl Runtime {
         let sid = e.id();
         self.store.delete(&sid).map_err(store_error)?;
         self.forget(&sid);
+        self.net_forget(&sid);
         Ok(())
     }
 
@@ -1110,6 +1172,7 @@ impl Runtime {
         })
         .await;
         e.set_container(None);
+        self.net_release(e);
         {
             let mut r = e.record();
             r.sandbox.state = SandboxState::Failed;
@@ -1235,6 +1298,10 @@ impl Runtime {
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(container_error)?;
         removed.append(&mut more);
+        let net = self.net.clone();
+        if let Ok(mut n) = tokio::task::spawn_blocking(move || net.reset()).await {
+            removed.append(&mut n);
+        }
         Ok(removed)
     }
 
@@ -1243,6 +1310,7 @@ impl Runtime {
     /// cgroup parent) is undone too.
     pub async fn shutdown(&self) {
         self.mcp.shutdown();
+        self.stop_boundary();
         self.snapshots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1260,6 +1328,10 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty();
+        // Sandboxes left running keep their firewall rules while the daemon
+        // is down; with none left, the table and links go too.
+        let net = self.net.clone();
+        let _ = tokio::task::spawn_blocking(move || net.close(idle)).await;
         if idle {
             let host = self.host.clone();
             let info = self.store_info.clone();

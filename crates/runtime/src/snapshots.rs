@@ -338,6 +338,12 @@ impl Runtime {
         let store = self.store()?;
         let host = self.host.clone();
         let was_running = state == SandboxState::Running;
+        // A `record` (or `replay`) sandbox's cassette goes with it.
+        let cassette = self
+            .net_cassette_source(&e)
+            .map(|src| (src, self.net_snapshot_cassette(&sid)));
+        let cassette_dst = cassette.as_ref().map(|(_, d)| d.clone());
+        let sandbox_id = sid_sandbox.clone();
         let (sid2, parent_id) = (sid.clone(), parent.as_ref().map(|p| p.id.clone()));
         let result = tokio::task::spawn_blocking(move || -> Result<u64, ApiError> {
             if was_running {
@@ -368,6 +374,14 @@ impl Runtime {
                         )
                         .map_err(snapshot_error)?;
                 }
+                if let Some((src, dst)) = &cassette {
+                    hull_net::cassette::attach_to_snapshot(src, dst, &sandbox_id).map_err(|e| {
+                        ApiError::internal(format!(
+                            "attaching the network cassette: {}",
+                            crate::error_chain(&e)
+                        ))
+                    })?;
+                }
                 Ok(size)
             })();
             if was_running {
@@ -392,6 +406,9 @@ impl Runtime {
                 let store = self.store()?;
                 for n in 0..parts {
                     let _ = store.remove(&part_key(&sid, n));
+                }
+                if let Some(d) = &cassette_dst {
+                    let _ = std::fs::remove_file(d);
                 }
                 return Err(err);
             }
@@ -495,6 +512,14 @@ impl Runtime {
             .map_err(snapshot_error)?;
         for n in 0..r.parts {
             store.remove(&part_key(&r.id, n)).map_err(snapshot_error)?;
+        }
+        let cassette = self.net_snapshot_cassette(&r.id);
+        match std::fs::remove_file(&cassette) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(snapshot = %r.id, error = %e, "removing the snapshot's network cassette")
+            }
         }
         Ok(())
     }
@@ -621,6 +646,7 @@ impl Runtime {
                     labels: req.labels.clone(),
                     limits: req.limits,
                     ttl_seconds: req.ttl_seconds,
+                    network: req.network.clone(),
                     ..Default::default()
                 })
                 .await;

@@ -40,6 +40,15 @@ pub struct Record {
     /// OOM kills already recorded as events.
     #[serde(default)]
     pub oom_seen: u64,
+    /// Ports exposed through the daemon (`ports`), by port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<hull_api::PortExposure>,
+    /// The network policy with its secrets (`sandbox.network` is redacted).
+    #[serde(default)]
+    pub network: hull_api::NetworkPolicy,
+    /// The pool slot of its network namespace, while it has one.
+    #[serde(default)]
+    pub net_slot: Option<u32>,
 }
 
 pub struct Store {

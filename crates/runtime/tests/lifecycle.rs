@@ -50,7 +50,17 @@ async fn isolation_defaults() {
         return;
     }
     let kit = Kit::new().await;
-    let sb = kit.create("busybox").await;
+    // Network `none` (the session profile's default is `open`:
+    // crates/server/tests/network.rs covers that).
+    let sb = kit
+        .rt
+        .create(CreateSandbox {
+            template: Some("busybox".into()),
+            network: Some(hull_api::NetworkPolicy::none()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let r = kit
         .sh(
             &sb.id,

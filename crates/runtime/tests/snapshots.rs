@@ -538,6 +538,7 @@ async fn store_full(snapshots: hull_runtime::SnapshotStoreConfig) {
         guest_binary: hull_testkit::guest_binary(),
         defaults: hull_api::Limits::default(),
         snapshots,
+        network: Default::default(),
     })
     .await
     .unwrap();

@@ -19,6 +19,18 @@
 //! backend = "auto"      # or "overlay", "btrfs" (HULL_SNAPSHOT_BACKEND)
 //! image_size = "64G"    # a loop-backed btrfs image, when one is made
 //!                       # (default: half the free space, 1G..=64G)
+//!
+//! [network]
+//! enabled = true          # false: every sandbox gets network none
+//! range = "10.200.0.0/20" # --net-range (default: a free 10.2xx.x.0/20)
+//! range6 = "fd68:756c::/48" # --net-range6
+//! pool = 4                # ready namespaces kept
+//! rollout = "none"        # default policy per profile (docs/network.md)
+//! session = "open"
+//! dns = "192.0.2.53:53"   # --dns: upstream of hull's resolver
+//! upstream_ca = "/etc/hull/extra-ca.pem" # --upstream-ca: also trusted
+//!                         # (besides the system bundle) for upstream TLS
+//!                         # by the interceptor
 //! ```
 //!
 //! Every key is optional. Unknown keys are errors (a typo must not silently
@@ -92,6 +104,15 @@ pub struct Overrides {
     pub guest_binary: PathBuf,
     /// `--snapshot-backend` (or `HULL_SNAPSHOT_BACKEND`).
     pub snapshot_backend: Option<BackendChoice>,
+    /// `--net-range CIDR` (IPv4 sandbox addresses).
+    pub net_range: Option<String>,
+    /// `--net-range6 CIDR`.
+    pub net_range6: Option<String>,
+    /// `--dns ADDR`: upstream DNS server of hull's resolver.
+    pub dns: Option<SocketAddr>,
+    /// `--upstream-ca FILE` (`HULL_UPSTREAM_CA`): an extra PEM CA the TLS
+    /// interceptor trusts for upstream servers.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// Smallest loop-backed btrfs image accepted (mkfs.btrfs needs ~114 MiB).
@@ -113,6 +134,34 @@ pub struct FileConfig {
     /// The `[snapshots]` table.
     pub snapshot_backend: Option<BackendChoice>,
     pub snapshot_image_bytes: Option<u64>,
+    /// The `[network]` table.
+    pub network: NetworkFile,
+}
+
+/// The `[network]` table, parsed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NetworkFile {
+    pub enabled: Option<bool>,
+    pub range: Option<String>,
+    pub range6: Option<String>,
+    pub pool: Option<usize>,
+    pub rollout: Option<hull_api::NetworkPolicy>,
+    pub session: Option<hull_api::NetworkPolicy>,
+    pub dns: Option<SocketAddr>,
+    pub upstream_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    enabled: Option<bool>,
+    range: Option<Spanned<String>>,
+    range6: Option<Spanned<String>>,
+    pool: Option<Spanned<u32>>,
+    rollout: Option<Spanned<String>>,
+    session: Option<Spanned<String>>,
+    dns: Option<SocketAddr>,
+    upstream_ca: Option<Spanned<PathBuf>>,
 }
 
 /// The file's shape, with source spans for errors found after parsing.
@@ -127,6 +176,8 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default)]
     snapshots: RawSnapshots,
+    #[serde(default)]
+    network: RawNetwork,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,7 +329,43 @@ impl FileConfig {
             }
             None => None,
         };
+        let n = &raw.network;
+        let policy = |s: &Option<Spanned<String>>, key: &str| match s {
+            Some(s) => s
+                .get_ref()
+                .parse::<hull_api::NetworkPolicy>()
+                .map(Some)
+                .map_err(|e| at(s, format!("[network] {key}: {e}"))),
+            None => Ok(None),
+        };
+        let pool = match &n.pool {
+            Some(p) if *p.get_ref() > 256 => {
+                return Err(at(p, "[network] pool: at most 256".to_string()));
+            }
+            Some(p) => Some(*p.get_ref() as usize),
+            None => None,
+        };
+        let network = NetworkFile {
+            enabled: n.enabled,
+            range: n.range.as_ref().map(|s| s.get_ref().clone()),
+            range6: n.range6.as_ref().map(|s| s.get_ref().clone()),
+            pool,
+            rollout: policy(&n.rollout, "rollout")?,
+            session: policy(&n.session, "session")?,
+            dns: n.dns,
+            upstream_ca: match &n.upstream_ca {
+                Some(p) if !p.get_ref().is_absolute() => {
+                    return Err(at(
+                        p,
+                        "[network] upstream_ca: the path must be absolute".to_string(),
+                    ));
+                }
+                Some(p) => Some(p.get_ref().clone()),
+                None => None,
+            },
+        };
         Ok(FileConfig {
+            network,
             path: Some(path.to_path_buf()),
             state_dir,
             socket,
@@ -332,6 +419,24 @@ pub fn merge(o: Overrides, file: FileConfig) -> Result<ServerConfig, ConfigError
         },
         max_upload_bytes: file.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD),
         config_file: file.path,
+        network: {
+            let d = hull_runtime::NetworkConfig::default();
+            let n = file.network;
+            hull_runtime::NetworkConfig {
+                enabled: n.enabled.unwrap_or(d.enabled),
+                range4: o.net_range.or(n.range),
+                range6: o.net_range6.or(n.range6),
+                pool_size: n.pool.unwrap_or(d.pool_size),
+                rollout_default: n.rollout.unwrap_or(d.rollout_default),
+                session_default: n.session.unwrap_or(d.session_default),
+                dns_upstream: o.dns.or(n.dns),
+                upstream_ca: match o.upstream_ca {
+                    Some(p) => Some(absolute(p)?),
+                    None => n.upstream_ca,
+                },
+                proxy: None,
+            }
+        },
     })
 }
 
@@ -444,6 +549,32 @@ mod tests {
         assert_eq!(d.listen, None);
         assert_eq!(d.defaults, Limits::default());
         assert_eq!(d.config_file, None);
+    }
+
+    #[test]
+    fn upstream_ca_from_file_or_flag() {
+        let c = parse("[network]\nupstream_ca = \"/etc/x/ca.pem\"\n").unwrap();
+        assert_eq!(
+            c.network.upstream_ca.as_deref(),
+            Some(Path::new("/etc/x/ca.pem"))
+        );
+        let m = merge(Overrides::default(), c.clone()).unwrap();
+        assert_eq!(
+            m.network.upstream_ca.as_deref(),
+            Some(Path::new("/etc/x/ca.pem"))
+        );
+        let flag = Overrides {
+            upstream_ca: Some("rel.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge(flag, c).unwrap().network.upstream_ca,
+            Some(std::env::current_dir().unwrap().join("rel.pem"))
+        );
+        let e = parse("[network]\nupstream_ca = \"rel.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute") && e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -321,6 +321,7 @@ pub async fn serve(
         guest_binary: cfg.guest_binary.clone(),
         defaults: cfg.defaults,
         snapshots: cfg.snapshots,
+        network: cfg.network.clone(),
     })
     .await
     .map_err(ServeError::Runtime)?;

@@ -39,17 +39,20 @@ mod exec;
 mod files;
 mod mcp;
 mod mcp_host;
+mod network;
 mod openapi;
+mod ports;
 mod sandboxes;
 mod shell;
 mod snapshots;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use hull_api::Limits;
 use hull_runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +86,8 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// The config file these settings came from, if any (logged at start).
     pub config_file: Option<PathBuf>,
+    /// Sandbox networking: ranges, pool, default policies, upstream DNS.
+    pub network: hull_runtime::NetworkConfig,
 }
 
 #[derive(Clone)]
@@ -126,6 +131,10 @@ pub fn router_until(
         .route("/v1/sandboxes/{id}/resume", post(resume))
         .route("/v1/sandboxes/{id}/stop", post(stop))
         .route("/v1/sandboxes/{id}/ttl", put(set_ttl))
+        .route(
+            "/v1/sandboxes/{id}/network",
+            get(network::get_network).put(network::set_network),
+        )
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", post(exec_stream))
         .route("/v1/sandboxes/{id}/exec/ws", get(exec_ws))
@@ -138,6 +147,7 @@ pub fn router_until(
         )
         .route("/v1/sandboxes/{id}/files/stat", get(stat))
         .route("/v1/sandboxes/{id}/files/list", get(list_dir))
+        .route("/v1/sandboxes/{id}/files/watch", get(watch::files_watch))
         .route("/v1/sandboxes/{id}/files/mkdir", post(mkdir))
         .route("/v1/sandboxes/{id}/files/rename", post(rename))
         .route(
@@ -198,6 +208,24 @@ pub fn router_until(
             "/v1/sandboxes/{id}/browser/cdp/json/version/",
             get(browser_cdp_version),
         )
+        .route(
+            "/v1/sandboxes/{id}/ports",
+            post(ports::expose).get(ports::list_ports),
+        )
+        .route("/v1/sandboxes/{id}/ports/{port}", delete(ports::unexpose))
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/http",
+            any(ports::proxy_http_bare),
+        )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/http/",
+            any(ports::proxy_http),
+        )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/http/{*path}",
+            any(ports::proxy_http),
+        )
+        .route("/v1/sandboxes/{id}/ports/{port}/tcp", get(ports::proxy_tcp))
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
         .route("/v1/sandboxes/{id}/rollback", post(rollback))
         .route("/v1/snapshots", get(list_snapshots))

@@ -11,9 +11,12 @@ use crate::code::*;
 use crate::exec::*;
 use crate::files::*;
 use crate::mcp_host::*;
+use crate::network::*;
+use crate::ports::*;
 use crate::sandboxes::*;
 use crate::shell::*;
 use crate::snapshots::*;
+use crate::watch::*;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +36,8 @@ use crate::snapshots::*;
         resume,
         stop,
         set_ttl,
+        get_network,
+        set_network,
         exec,
         exec_stream,
         exec_ws,
@@ -44,6 +49,7 @@ use crate::snapshots::*;
         remove_file,
         stat,
         list_dir,
+        files_watch,
         mkdir,
         rename,
         archive_get,
@@ -76,6 +82,11 @@ use crate::snapshots::*;
         browser_screenshot,
         browser_cdp,
         browser_cdp_version,
+        expose,
+        list_ports,
+        unexpose,
+        proxy_http,
+        proxy_tcp,
         snapshot,
         rollback,
         list_snapshots,
@@ -98,6 +109,7 @@ use crate::snapshots::*;
         ExecEvent,
         ExecClientMessage,
         CodeEvent,
+        FileWatchEvent,
         ResetResult,
         BuildEvent,
         ImageConfig

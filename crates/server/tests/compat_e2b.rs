@@ -108,7 +108,15 @@ async fn e2b_sdks_drive_hull() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let escape = format!("/tmp/hull-e2b-escape-{}", std::process::id());
-    let mut cases = vec!["lifecycle", "commands", "files", "hostile"];
+    let mut cases = vec![
+        "lifecycle",
+        "commands",
+        "files",
+        "offline",
+        "watch",
+        "watch_async",
+        "hostile",
+    ];
     if have_ipykernel("e2b_sdks_drive_hull") {
         cases.push("interpreter");
     }

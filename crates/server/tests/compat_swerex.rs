@@ -83,6 +83,7 @@ impl Daemon {
             snapshots: Default::default(),
             max_upload_bytes: 8 << 20,
             config_file: None,
+            network: Default::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(hull_server::serve(cfg, async {

@@ -23,6 +23,7 @@ fn config(state: &Path, socket: PathBuf, listen: Option<std::net::SocketAddr>) -
         snapshots: Default::default(),
         max_upload_bytes: 1 << 20,
         config_file: None,
+        network: Default::default(),
     }
 }
 
@@ -83,6 +84,7 @@ impl Drop for Cleanup {
                     guest_binary: guest_binary(),
                     defaults: Limits::default(),
                     snapshots: Default::default(),
+                    network: Default::default(),
                 })
                 .await
                 {

@@ -159,6 +159,7 @@ async fn start(state: &Path, sock: &Path, listen: std::net::SocketAddr) -> Daemo
         snapshots: Default::default(),
         max_upload_bytes: 1 << 30,
         config_file: None,
+        network: Default::default(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(hull_server::serve(cfg, async {

@@ -25,6 +25,7 @@ async fn sigterm_shuts_down_cleanly() {
         snapshots: Default::default(),
         max_upload_bytes: 1 << 20,
         config_file: None,
+        network: Default::default(),
     }));
     // Handlers are installed before the socket answers.
     let mut up = false;

@@ -9,6 +9,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod mount;
 pub mod net;
+pub mod netns;
 pub mod ns;
 pub mod process;
 pub mod pty;

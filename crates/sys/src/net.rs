@@ -18,6 +18,10 @@ pub fn loopback_up() -> io::Result<()> {
         }
         if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
             Err(io::Error::last_os_error())
+        } else if req.ifr_ifru.ifru_flags & (libc::IFF_UP as libc::c_short) != 0 {
+            // Already up: a namespace hull prepared (where the sandbox has
+            // no CAP_NET_ADMIN and could not change it anyway).
+            Ok(())
         } else {
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
             if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {

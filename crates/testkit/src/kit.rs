@@ -73,6 +73,7 @@ impl RuntimeKit {
                 backend,
                 image_bytes: Some(4 << 30),
             },
+            network: Default::default(),
         }
     }
 
@@ -121,5 +122,7 @@ impl RuntimeKit {
         self.rt.shutdown().await;
         self.finished = true;
         assert_host_clean(&state, &instance);
+        let left = crate::fakenet::net_leftovers(&instance);
+        assert!(left.is_empty(), "network state left behind: {left:?}");
     }
 }

@@ -5,6 +5,7 @@
 //! everything it made even when a test fails.
 #![forbid(unsafe_code)]
 
+pub mod fakenet;
 pub mod oci;
 
 use std::path::{Path, PathBuf};

@@ -145,6 +145,7 @@ SDK_ROUTES = [
     ("delete", "/v1/sandboxes/{id}/files"),
     ("get", "/v1/sandboxes/{id}/files/stat"),
     ("get", "/v1/sandboxes/{id}/files/list"),
+    ("get", "/v1/sandboxes/{id}/files/watch"),
     ("post", "/v1/sandboxes/{id}/files/mkdir"),
     ("post", "/v1/sandboxes/{id}/files/rename"),
     ("get", "/v1/sandboxes/{id}/files/archive"),

@@ -132,6 +132,32 @@ def test_create_hostile(client: hull.Hull) -> None:
         client.list(labels={f"k{i}": "v" for i in range(65)})
 
 
+def test_network_policy(client: hull.Hull) -> None:
+    """Policies in both forms at create, read back (secrets redacted), changed live."""
+    if not client.info().network.startswith("available"):
+        pytest.skip(f"no sandbox networking: {client.info().network}")
+    with client.sandbox(template="busybox", profile="rollout") as sb:
+        assert sb.info().network is not None and sb.info().network.mode == "none"
+        assert sb.network().summary == "none"
+        with pytest.raises(hull.Conflict):
+            sb.set_network("open")  # created without an interface
+    with client.sandbox(template="busybox", network="allow:198.51.100.0/24:80") as sb:
+        n = sb.network()
+        assert n.summary == "allow:198.51.100.0/24:80" and len(n.addresses) == 2
+        n = sb.set_network(
+            {"mode": "open", "headers": [{"domain": "api.example.com", "set": {"Authorization": "Bearer s3cret"}}]}
+        )
+        assert n.policy.mode == "open" and n.policy.headers[0].set == {"Authorization": "***"}
+        assert "s3cret" not in sb.info().model_dump_json()
+        assert sb.set_network("none").summary == "none"
+        with pytest.raises(hull.InvalidArgument):
+            sb.set_network("allow:10.0.0.1/8")
+        with pytest.raises(hull.InvalidArgument):
+            sb.set_network(42)  # type: ignore[arg-type]
+    with pytest.raises(hull.InvalidArgument):
+        client.create(template="busybox", network="sideways")
+
+
 def test_sandbox_context_manager_always_destroys(client: hull.Hull) -> None:
     with pytest.raises(RuntimeError):
         with client.sandbox(template="busybox") as sb:

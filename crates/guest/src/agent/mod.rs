@@ -9,7 +9,8 @@
 //! with `openat2(RESOLVE_IN_ROOT)`, so `..` and symlinks never leave it.
 //! [`tcp`] tunnels a TCP connection to a port inside the sandbox.
 //! [`shell`] keeps persistent `bash` sessions; [`kernel`] keeps Jupyter
-//! kernels for the code interpreter.
+//! kernels for the code interpreter; [`watch`] streams a directory's
+//! changes (inotify).
 //!
 //! Limits: exec paths (program, working directory) are resolved in the
 //! agent's own mount namespace, not under `root` (inside a sandbox the two
@@ -26,6 +27,7 @@ mod shell;
 mod tarball;
 mod tcp;
 mod user;
+mod watch;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -70,6 +72,7 @@ pub(crate) struct Agent {
     procs: exec::Registry,
     shells: shell::Shells,
     kernels: kernel::Kernels,
+    watches: watch::Watches,
 }
 
 /// Serve the protocol on `listener` until the process ends. Returns only if
@@ -90,6 +93,7 @@ pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
             procs: exec::Registry::default(),
             shells: shell::Shells::default(),
             kernels: kernel::Kernels::default(),
+            watches: watch::Watches::default(),
         });
         exec::start_reaper(agent.clone(), pid1)?;
         if pid1 {
@@ -205,6 +209,7 @@ impl Agent {
             | Op::KernelRestart { .. }
             | Op::KernelStop { .. }
             | Op::KernelList) => kernel::serve(self, conn, op).await,
+            Op::WatchStart { path, recursive } => watch::serve(self, conn, path, recursive).await,
             op => {
                 // File operations use blocking *at system calls: run them on
                 // the blocking pool over a blocking socket.

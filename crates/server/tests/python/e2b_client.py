@@ -14,7 +14,11 @@ import time
 
 import httpx
 from e2b import (
+    AsyncSandbox,
     AuthenticationException,
+    FilesystemEventType,
+    InvalidArgumentException,
+    RateLimitException,
     CommandExitException,
     FileNotFoundException,
     NotFoundException,
@@ -200,6 +204,183 @@ def files():
         sb.kill()
 
 
+def poll(handle, until, what, rounds=300):
+    """Events of a sync watch handle until `until(events)` holds (a
+    generous bound: a missing event, not slowness, fails)."""
+    seen = []
+    for _ in range(rounds):
+        seen += handle.get_new_events()
+        if until(seen):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: the events never came; seen {seen}")
+
+
+def pairs(events):
+    return {(e.name, e.type) for e in events}
+
+
+@case
+def offline():
+    # allow_internet_access=False: hull's network policy `none`, only `lo`.
+    sb = Sandbox.create(allow_internet_access=False)
+    try:
+        devs = [l.split(":")[0].strip() for l in sb.commands.run("cat /proc/net/dev").stdout.splitlines()[2:]]
+        check(devs == ["lo"], f"interfaces: {devs}")
+    finally:
+        sb.kill()
+
+
+@case
+def watch():
+    T = FilesystemEventType
+    sb = Sandbox.create()
+    try:
+        fs = sb.files
+        fs.make_dir("/tmp/w/sub")
+        h = fs.watch_dir("/tmp/w", recursive=True)
+        fs.write("/tmp/w/a.txt", "1")
+        sb.commands.run(
+            "echo more >> /tmp/w/a.txt; chmod 600 /tmp/w/a.txt; mv /tmp/w/a.txt /tmp/w/b.txt; "
+            "mkdir -p /tmp/w/sub/deep; echo x > /tmp/w/sub/deep/f; rm /tmp/w/b.txt"
+        )
+        seen = poll(h, lambda ev: ("b.txt", T.REMOVE) in pairs(ev), "recursive watch")
+        for want in [
+            ("a.txt", T.CREATE),
+            ("a.txt", T.WRITE),
+            ("a.txt", T.CHMOD),
+            ("a.txt", T.RENAME),
+            ("b.txt", T.CREATE),
+            ("sub/deep", T.CREATE),
+            ("sub/deep/f", T.CREATE),
+        ]:
+            check(want in pairs(seen), f"{want} in {seen}")
+        names = [e.name for e in seen]
+        check(names.index("a.txt") < names.index("b.txt"), f"in order: {names}")
+        h.stop()
+        try:
+            h.get_new_events()
+            raise AssertionError("a stopped watcher has no events")
+        except SandboxException:
+            pass
+        # Without recursion, changes in subdirectories are not reported;
+        # relative paths are under the user's home.
+        fs.make_dir("/root/rw/sub")
+        h = fs.watch_dir("rw")
+        fs.write("/root/rw/sub/inner", "1")
+        fs.write("/root/rw/top", "1")
+        seen = poll(h, lambda ev: ("top", T.CREATE) in pairs(ev), "flat watch")
+        check(not any("inner" in e.name for e in seen), f"flat: {seen}")
+        h.stop()
+        # Hostile: missing, a file, too many watchers, unknown watcher ids.
+        try:
+            fs.watch_dir("/tmp/nope")
+            raise AssertionError("watching a missing directory")
+        except FileNotFoundException:
+            pass
+        try:
+            fs.watch_dir("/tmp/w/sub/deep/f")
+            raise AssertionError("watching a file")
+        except InvalidArgumentException as e:
+            check("not a directory" in str(e), f"file: {e}")
+        held = []
+        try:
+            for _ in range(100):
+                held.append(fs.watch_dir("/tmp/w"))
+            raise AssertionError("watchers are bounded")
+        except RateLimitException:
+            check(len(held) >= 8, f"bounded at {len(held)}")
+        for x in held:
+            x.stop()
+        # A freed slot can be used again (the guest frees it on stop).
+        for _ in range(100):
+            try:
+                fs.watch_dir("/tmp/w").stop()
+                break
+            except RateLimitException:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("stopped watchers never gave their slots back")
+        url = os.environ["E2B_SANDBOX_URL"]
+        hdr = {
+            "E2b-Sandbox-Id": sb.sandbox_id,
+            "E2b-Sandbox-Port": "49983",
+            "X-Access-Token": sb._envd_access_token,
+            "Content-Type": "application/json",
+        }
+        with httpx.Client() as c:
+            for m in ["GetWatcherEvents", "RemoveWatcher"]:
+                r = c.post(f"{url}/filesystem.Filesystem/{m}", headers=hdr, json={"watcherId": "nope"})
+                check(r.status_code == 404 and r.json()["code"] == "not_found", f"{m}: {r.text}")
+            r = c.post(f"{url}/filesystem.Filesystem/CreateWatcher", headers=hdr, json={"path": "/tmp/w", "includeEntry": True})
+            check(r.status_code == 501, f"include_entry: {r.status_code} {r.text}")
+        # The watched directory removed: the next poll says so.
+        h = fs.watch_dir("/tmp/w")
+        fs.remove("/tmp/w")
+        err = None
+        for _ in range(300):
+            try:
+                h.get_new_events()
+            except SandboxException as e:
+                err = e
+                break
+            time.sleep(0.1)
+        check(isinstance(err, NotFoundException) and "removed" in str(err), f"removed: {err!r}")
+    finally:
+        sb.kill()
+
+
+@case
+def watch_async():
+    import asyncio
+
+    T = FilesystemEventType
+
+    async def run():
+        sb = await AsyncSandbox.create()
+        try:
+            await sb.files.make_dir("/tmp/aw")
+            got = []
+            done = asyncio.Event()
+            exits = []
+
+            def on_event(e):
+                got.append((e.name, e.type))
+                if (e.name, e.type) == ("b.txt", T.REMOVE):
+                    done.set()
+
+            h = await sb.files.watch_dir("/tmp/aw", on_event, on_exit=exits.append, recursive=True)
+            await sb.files.write("/tmp/aw/b.txt", "x")
+            await sb.commands.run("echo y >> /tmp/aw/b.txt; mkdir /tmp/aw/d; echo z > /tmp/aw/d/inner; rm /tmp/aw/b.txt")
+            await asyncio.wait_for(done.wait(), 30)
+            for want in [("b.txt", T.CREATE), ("b.txt", T.WRITE), ("d", T.CREATE), ("d/inner", T.CREATE)]:
+                check(want in got, f"{want} in {got}")
+            await h.stop()
+            check(exits == [None], f"a stopped watch exits cleanly: {exits}")
+            try:
+                await sb.files.watch_dir("/tmp/nope", on_event)
+                raise AssertionError("watching a missing directory")
+            except FileNotFoundException:
+                pass
+            # Removing the watched directory ends the watch with an error.
+            ended = asyncio.Event()
+            errs = []
+
+            def on_exit(err):
+                errs.append(err)
+                ended.set()
+
+            await sb.files.make_dir("/tmp/aw2")
+            await sb.files.watch_dir("/tmp/aw2", lambda e: None, on_exit=on_exit)
+            await sb.files.remove("/tmp/aw2")
+            await asyncio.wait_for(ended.wait(), 30)
+            check(len(errs) == 1 and errs[0] is not None, f"removed: {errs}")
+        finally:
+            await sb.kill()
+
+    asyncio.run(run())
+
+
 @case
 def hostile():
     # A wrong API key.
@@ -291,6 +472,34 @@ def interpreter():
         out = []
         ex = sb.run_code("print('hi')", on_stdout=lambda m: out.append(m.line))
         check(ex.logs.stdout == ["hi\n"] and out == ["hi\n"], f"stdout: {ex.logs} {out}")
+        # Outputs stream while the code runs: the code waits for a file
+        # that only the first callback writes, so it finishes "released"
+        # only if that callback came while it was still running.
+        arrivals = []
+
+        def on_first(m):
+            arrivals.append(m.line)
+            if m.line.startswith("first"):
+                sb.files.write("/tmp/go", "go")
+
+        ex = sb.run_code(
+            "import os, time\nprint('first', flush=True)\n"
+            "for _ in range(600):\n"
+            "    if os.path.exists('/tmp/go'): break\n"
+            "    time.sleep(0.1)\n"
+            "print('second:', 'released' if os.path.exists('/tmp/go') else 'never released')",
+            on_stdout=on_first,
+        )
+        check(arrivals == ["first\n", "second: released\n"], f"streamed: {arrivals}")
+        # The execute_result is the main result; display_data are not.
+        shown = []
+        ex = sb.run_code(
+            "from IPython.display import display, HTML\ndisplay(HTML('<i>d</i>'))\n6 * 7",
+            on_result=shown.append,
+        )
+        check([r.is_main_result for r in ex.results] == [False, True], f"main: {ex.results}")
+        check(ex.text == "42" and ex.results[0].html == "<i>d</i>", f"results: {ex.results}")
+        check(len(shown) == 2, f"on_result: {shown}")
         ex = sb.run_code("1/0")
         check(ex.error is not None and ex.error.name == "ZeroDivisionError", f"error: {ex.error}")
         check("ZeroDivisionError" in ex.error.traceback, "traceback")

@@ -199,6 +199,12 @@ class AsyncHull:
 
     # --- lifecycle ------------------------------------------------------------
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The SDK's own ``httpx.AsyncClient`` (base URL or unix socket and
+        credentials set): an exposed port's ``url`` works with it."""
+        return self._http
+
     async def close(self) -> None:
         """Close the client's connections (sandboxes keep running)."""
         await self._http.aclose()
@@ -245,6 +251,7 @@ class AsyncHull:
         user: str | None = None,
         workdir: str | None = None,
         from_snapshot: str | m.Snapshot | None = None,
+        network: Any = None,
     ) -> AsyncSandbox:
         """Create a sandbox and return its handle (arguments as for ``Hull.create``)."""
         info = await self._call(
@@ -263,6 +270,7 @@ class AsyncHull:
                 user=user,
                 workdir=workdir,
                 from_snapshot=from_snapshot,
+                network=network,
             )
         )
         return AsyncSandbox(self, info)
@@ -285,6 +293,7 @@ class AsyncHull:
         user: str | None = None,
         workdir: str | None = None,
         from_snapshot: str | m.Snapshot | None = None,
+        network: Any = None,
     ) -> AsyncIterator[AsyncSandbox]:
         """A sandbox for the ``async with`` block: created on entry,
         destroyed on exit whatever happens (one already gone is fine)."""
@@ -303,6 +312,7 @@ class AsyncHull:
             user=user,
             workdir=workdir,
             from_snapshot=from_snapshot,
+            network=network,
         )
         try:
             yield sb
@@ -329,11 +339,13 @@ class AsyncHull:
         cpus: float | None = None,
         pids: int | None = None,
         disk: Size | None = None,
+        network: Any = None,
     ) -> builtins.list[AsyncSandbox]:
         """``n`` new sandboxes (1 to 1024) born from ``snapshot``, all or none."""
         infos = await self._call(
             ops.fork(
-                snapshot, n, profile=profile, ttl=ttl, labels=labels, memory=memory, cpus=cpus, pids=pids, disk=disk
+                snapshot, n, profile=profile, ttl=ttl, labels=labels, memory=memory, cpus=cpus, pids=pids, disk=disk,
+                network=network,
             )
         )
         return [AsyncSandbox(self, i) for i in infos]
@@ -463,6 +475,16 @@ class AsyncSandbox:
         """Kill its processes; the record stays as ``stopped`` until destroyed."""
         return self._update(await self._client._call(ops.lifecycle(self.id, "stop")))
 
+    async def network(self) -> m.SandboxNetwork:
+        """Its network policy (header values redacted) and addresses."""
+        return await self._client._call(ops.get_network(self.id))
+
+    async def set_network(self, policy: str | Mapping[str, Any] | m.NetworkPolicy) -> m.SandboxNetwork:
+        """Replace its network policy (``"none"``, ``"open"``,
+        ``"allow:example.com,10.0.0.0/8"``, or the JSON form); new
+        connections see it at once."""
+        return await self._client._call(ops.set_network(self.id, policy))
+
     async def set_ttl(self, ttl: Duration) -> m.SandboxInfo:
         """Remaining lifetime from now; 0 removes the TTL."""
         return self._update(await self._client._call(ops.set_ttl(self.id, ttl)))
@@ -470,6 +492,19 @@ class AsyncSandbox:
     async def destroy(self) -> None:
         """Destroy the sandbox, in any state."""
         await self._client._call(ops.destroy(self.id))
+
+    async def expose(self, port: int, protocol: str | m.PortProtocol = "http") -> m.ExposedPort:
+        """Make a TCP port of the sandbox reachable through the daemon
+        (idempotent); ``.url`` is behind the API's credentials."""
+        return await self._client._call(ops.expose(self._client.endpoint, self.id, port, protocol))
+
+    async def ports(self) -> list[m.ExposedPort]:
+        """The exposed ports, by port."""
+        return await self._client._call(ops.ports(self._client.endpoint, self.id))
+
+    async def unexpose(self, port: int) -> None:
+        """Stop exposing a port."""
+        await self._client._call(ops.unexpose(self.id, port))
 
     async def snapshot(self, name: str | None = None, *, labels: Mapping[str, str] | None = None) -> m.Snapshot:
         """Capture the sandbox's files (it keeps running)."""
@@ -594,6 +629,15 @@ class AsyncFiles:
         """The file's content decoded as text."""
         return (await self.read(path)).decode(encoding, errors)
 
+    async def watch(self, path: str, *, recursive: bool = False) -> AsyncFileWatch:
+        """Watch a directory (as ``Files.watch``): awaited, the watch is in
+        place; then ``async for`` its changes, and :meth:`AsyncFileWatch.aclose`
+        (or ``async with``) ends it."""
+        resp = await self._c._open_stream(
+            "GET", ops.sb(self._sb.id, "/files/watch"), params=ops.watch_params(path, recursive), read_timeout=None
+        )
+        return AsyncFileWatch(self._c, resp)
+
     async def write(self, path: str, data: Any, *, mode: int | str | None = None) -> m.FileInfo:
         """Write a file atomically: bytes, text, a binary file, or an (async)
         iterable of byte chunks."""
@@ -678,6 +722,47 @@ class AsyncFiles:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return target
+
+
+class AsyncFileWatch:
+    """The changes of a directory watched with :meth:`AsyncFiles.watch`, as
+    an async iterator; :meth:`aclose` ends the watch."""
+
+    def __init__(self, client: AsyncHull, resp: httpx.Response) -> None:
+        self._resp = resp
+        self._lines = client._lines(resp)
+        self._done = False
+
+    def __aiter__(self) -> AsyncFileWatch:
+        return self
+
+    async def __anext__(self) -> m.FileWatchEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            async for line in self._lines:
+                ev = ops.parse_watch_event(line)
+                if isinstance(ev, m.ApiError):
+                    raise error_from_api(ev.model_dump(mode="json"), 200)
+                return ev
+        except BaseException:
+            await self.aclose()
+            raise
+        await self.aclose()
+        raise Unavailable("the watch ended without a reason (the daemon went away)")
+
+    async def aclose(self) -> None:
+        """End the watch (the daemon stops watching inside the sandbox)."""
+        self._done = True
+        with contextlib.suppress(ValueError, RuntimeError):
+            await self._lines.aclose()  # type: ignore[attr-defined]
+        await self._resp.aclose()
+
+    async def __aenter__(self) -> AsyncFileWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class AsyncShellSession:

@@ -10,6 +10,7 @@ itself. No I/O happens here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -166,6 +167,7 @@ def create(
     user: str | None = None,
     workdir: str | None = None,
     from_snapshot: Any = None,
+    network: Any = None,
 ) -> Call[m.SandboxInfo]:
     req = _build(
         m.CreateSandbox,
@@ -179,6 +181,7 @@ def create(
         env=dict(env or {}),
         user=user,
         workdir=workdir,
+        network=network_policy(network),
         **{"from": None if from_snapshot is None else ref(from_snapshot, "from_snapshot")},
     )
     return Call("POST", "/v1/sandboxes", m.SandboxInfo.model_validate_json, body=_json(req))
@@ -204,6 +207,27 @@ def destroy(id_: str) -> Call[None]:
 def lifecycle(id_: str, verb: str) -> Call[m.SandboxInfo]:
     """``pause``, ``resume`` or ``stop``."""
     return Call("POST", sb(id_, f"/{verb}"), m.SandboxInfo.model_validate_json)
+
+
+def network_policy(p: Any) -> m.NetworkPolicy | str | None:
+    """A policy as the SDK takes it: ``None``, the string form, a dict or a model."""
+    if p is None or isinstance(p, (str, m.NetworkPolicy)):
+        return p
+    if isinstance(p, Mapping):
+        return _build(m.NetworkPolicy, **dict(p))
+    raise InvalidArgument(f"network must be a string like 'allow:example.com', a dict or a NetworkPolicy (got {p!r})")
+
+
+def get_network(id_: str) -> Call[m.SandboxNetwork]:
+    return Call("GET", sb(id_, "/network"), m.SandboxNetwork.model_validate_json)
+
+
+def set_network(id_: str, policy: Any) -> Call[m.SandboxNetwork]:
+    p = network_policy(policy)
+    if p is None:
+        raise InvalidArgument("set_network needs a policy (use 'none' to allow nothing)")
+    body = json.dumps(p).encode() if isinstance(p, str) else _json(p)
+    return Call("PUT", sb(id_, "/network"), m.SandboxNetwork.model_validate_json, body=body)
 
 
 def set_ttl(id_: str, ttl: Duration) -> Call[m.SandboxInfo]:
@@ -318,6 +342,35 @@ def path_params(path: str | os.PathLike[str]) -> Params:
     return [("path", _path(path))]
 
 
+def watch_params(path: str | os.PathLike[str], recursive: bool) -> Params:
+    """The query of ``files/watch``."""
+    return [("path", _path(path)), ("recursive", "true" if recursive else "false")]
+
+
+class _WatchError(BaseModel):
+    """The ``error`` event that ends a watch."""
+
+    type: Literal["error"]
+    error: m.ApiError
+
+
+_WATCH_EVENT = TypeAdapter(
+    Annotated[
+        m.WatchCreate | m.WatchWrite | m.WatchRemove | m.WatchRename | m.WatchChmod | m.WatchOverflow | _WatchError,
+        Field(discriminator="type"),
+    ]
+)
+
+
+def parse_watch_event(line: bytes) -> m.FileWatchEvent | m.ApiError:
+    """One NDJSON line of a watch (an ``error`` event gives its ``ApiError``)."""
+    try:
+        ev = _WATCH_EVENT.validate_json(line)
+    except ValidationError as e:
+        raise Internal(f"unreadable watch event from the daemon ({e.error_count()} problems): {line[:200]!r}") from None
+    return ev.error if isinstance(ev, _WatchError) else ev
+
+
 def file_write_params(path: str | os.PathLike[str], mode: int | str | None) -> Params:
     q: Params = [("path", _path(path))]
     md = _mode(mode)
@@ -415,6 +468,7 @@ def fork(
     cpus: float | None = None,
     pids: int | None = None,
     disk: Size | None = None,
+    network: Any = None,
 ) -> Call[list[m.SandboxInfo]]:
     if isinstance(n, bool) or not isinstance(n, int):
         raise InvalidArgument(f"n must be an int from 1 to 1024 (got {n!r})")
@@ -425,6 +479,7 @@ def fork(
         labels=dict(labels or {}),
         limits=_limits(memory, cpus, pids, disk),
         ttl_seconds=None if ttl is None else whole_seconds(ttl, "ttl"),
+        network=network_policy(network),
     )
     return Call(
         "POST",
@@ -864,6 +919,49 @@ def mcp_list(id_: str) -> Call[list[m.McpServerInfo]]:
 
 def mcp_stop(id_: str, name: str) -> Call[None]:
     return Call("DELETE", sb(id_, f"/mcp-servers/{seg(name, 'MCP server name')}"), _none)
+
+
+# --- exposed ports ------------------------------------------------------------
+
+
+def _port(port: Any) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgument(f"port must be an int from 1 to 65535 (got {port!r})")
+    return port
+
+
+def _absolute(endpoint: Endpoint, x: m.ExposedPort) -> m.ExposedPort:
+    """``x`` with ``url`` made from the SDK's own endpoint and ``path``."""
+    base = (endpoint.url or "http://localhost").rstrip("/")
+    if x.protocol == m.PortProtocol.TCP and base.startswith("http"):
+        base = "ws" + base[len("http") :]
+    return x.model_copy(update={"url": base + x.path})
+
+
+def expose(endpoint: Endpoint, id_: str, port: Any, protocol: Any) -> Call[m.ExposedPort]:
+    try:
+        proto = m.PortProtocol(protocol)
+    except ValueError:
+        raise InvalidArgument(f"protocol must be 'http' or 'tcp' (got {protocol!r})") from None
+    req = _build(m.ExposePort, port=_port(port), protocol=proto)
+    return Call(
+        "POST",
+        sb(id_, "/ports"),
+        lambda b: _absolute(endpoint, m.ExposedPort.model_validate_json(b)),
+        body=_json(req),
+    )
+
+
+def ports(endpoint: Endpoint, id_: str) -> Call[list[m.ExposedPort]]:
+    return Call(
+        "GET",
+        sb(id_, "/ports"),
+        lambda b: [_absolute(endpoint, x) for x in m.ExposedPorts.model_validate_json(b).ports],
+    )
+
+
+def unexpose(id_: str, port: Any) -> Call[None]:
+    return Call("DELETE", sb(id_, f"/ports/{_port(port)}"), _none)
 
 
 def mcp_path(id_: str, name: str) -> str:

@@ -237,6 +237,13 @@ class Hull:
 
     # --- lifecycle ------------------------------------------------------------
 
+    @property
+    def http(self) -> httpx.Client:
+        """The SDK's own ``httpx.Client``: the daemon's base URL (or unix
+        socket) and credentials are set, so an exposed port's ``url`` works
+        with it: ``client.http.get(sb.expose(8080).url + "index.html")``."""
+        return self._http
+
     def close(self) -> None:
         """Close the client's connections (sandboxes keep running)."""
         self._http.close()
@@ -283,6 +290,7 @@ class Hull:
         user: str | None = None,
         workdir: str | None = None,
         from_snapshot: str | m.Snapshot | None = None,
+        network: Any = None,
     ) -> Sandbox:
         """Create a sandbox (``hull create``) and return its handle; destroy
         it with :meth:`Sandbox.destroy` (or use :meth:`sandbox`).
@@ -299,6 +307,9 @@ class Hull:
             env: environment for every process; labels: key/value tags.
             user, workdir: defaults for every process.
             from_snapshot: start from this snapshot (id, name or model).
+            network: the network policy: ``"none"``, ``"open"``,
+                ``"allow:example.com,10.0.0.0/8"`` or the JSON form as a dict
+                (default: the profile's, ``session`` open, ``rollout`` none).
         """
         info = self._call(
             ops.create(
@@ -316,6 +327,7 @@ class Hull:
                 user=user,
                 workdir=workdir,
                 from_snapshot=from_snapshot,
+                network=network,
             )
         )
         return Sandbox(self, info)
@@ -338,6 +350,7 @@ class Hull:
         user: str | None = None,
         workdir: str | None = None,
         from_snapshot: str | m.Snapshot | None = None,
+        network: Any = None,
     ) -> Iterator[Sandbox]:
         """A sandbox for the ``with`` block: created on entry (arguments as
         for :meth:`create`), destroyed on exit whatever happens (one already
@@ -357,6 +370,7 @@ class Hull:
             user=user,
             workdir=workdir,
             from_snapshot=from_snapshot,
+            network=network,
         )
         try:
             yield sb
@@ -383,12 +397,14 @@ class Hull:
         cpus: float | None = None,
         pids: int | None = None,
         disk: Size | None = None,
+        network: Any = None,
     ) -> builtins.list[Sandbox]:
         """``n`` new sandboxes (1 to 1024) born from ``snapshot``, each with
         private copy-on-write files, all or none (``hull fork``)."""
         infos = self._call(
             ops.fork(
-                snapshot, n, profile=profile, ttl=ttl, labels=labels, memory=memory, cpus=cpus, pids=pids, disk=disk
+                snapshot, n, profile=profile, ttl=ttl, labels=labels, memory=memory, cpus=cpus, pids=pids, disk=disk,
+                network=network,
             )
         )
         return [Sandbox(self, i) for i in infos]
@@ -538,6 +554,16 @@ class Sandbox:
         as ``stopped`` until :meth:`destroy`."""
         return self._update(self._client._call(ops.lifecycle(self.id, "stop")))
 
+    def network(self) -> m.SandboxNetwork:
+        """Its network policy (header values redacted) and addresses."""
+        return self._client._call(ops.get_network(self.id))
+
+    def set_network(self, policy: str | Mapping[str, Any] | m.NetworkPolicy) -> m.SandboxNetwork:
+        """Replace its network policy (``"none"``, ``"open"``,
+        ``"allow:example.com,10.0.0.0/8"``, or the JSON form); new
+        connections see it at once."""
+        return self._client._call(ops.set_network(self.id, policy))
+
     def set_ttl(self, ttl: Duration) -> m.SandboxInfo:
         """Remaining lifetime from now (seconds, ``"1h"``, a ``timedelta``);
         0 removes the TTL (``hull ttl``)."""
@@ -546,6 +572,23 @@ class Sandbox:
     def destroy(self) -> None:
         """Destroy the sandbox, in any state (``hull rm``)."""
         self._client._call(ops.destroy(self.id))
+
+    # --- exposed ports ------------------------------------------------------
+
+    def expose(self, port: int, protocol: str | m.PortProtocol = "http") -> m.ExposedPort:
+        """Make a TCP port of the sandbox reachable through the daemon
+        (idempotent; ``hull expose``). ``.url`` is the HTTP reverse proxy
+        (``protocol="http"``) or the raw-TCP WebSocket (``"tcp"``), behind
+        the same credentials as the API: ``client.http.get(x.url + "path")``."""
+        return self._client._call(ops.expose(self._client.endpoint, self.id, port, protocol))
+
+    def ports(self) -> list[m.ExposedPort]:
+        """The exposed ports, by port."""
+        return self._client._call(ops.ports(self._client.endpoint, self.id))
+
+    def unexpose(self, port: int) -> None:
+        """Stop exposing a port (``hull expose ID PORT --rm``)."""
+        self._client._call(ops.unexpose(self.id, port))
 
     # --- snapshots ----------------------------------------------------------
 
@@ -691,6 +734,21 @@ class Files:
         """The file's content decoded as text."""
         return self.read(path).decode(encoding, errors)
 
+    def watch(self, path: str, *, recursive: bool = False) -> FileWatch:
+        """Watch a directory and iterate over its changes as they happen
+        (:class:`~hull.models.WatchCreate`, ``WatchWrite``, ``WatchRemove``,
+        ``WatchRename``, ``WatchChmod``, ``WatchOverflow``). The watch is in
+        place when this returns (a missing directory is ``NotFound``, a file
+        ``InvalidArgument``, too many watches ``ResourceExhausted``), so no
+        change made afterwards is missed. It runs until :meth:`FileWatch.close`
+        (or the end of a ``with`` block); iteration waits for the next change
+        and raises the API's error if the watch ends on its own (the
+        directory was removed, the sandbox stopped)."""
+        resp = self._c._open_stream(
+            "GET", ops.sb(self._sb.id, "/files/watch"), params=ops.watch_params(path, recursive), read_timeout=None
+        )
+        return FileWatch(self._c, resp)
+
     def write(
         self, path: str, data: bytes | str | IO[bytes] | Iterable[bytes], *, mode: int | str | None = None
     ) -> m.FileInfo:
@@ -791,6 +849,49 @@ class Files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return target
+
+
+class FileWatch:
+    """The changes of a directory watched with :meth:`Files.watch`, as an
+    iterator; :meth:`close` ends the watch."""
+
+    def __init__(self, client: Hull, resp: httpx.Response) -> None:
+        self._resp = resp
+        self._lines = client._lines(resp)
+        self._done = False
+
+    def __iter__(self) -> FileWatch:
+        return self
+
+    def __next__(self) -> m.FileWatchEvent:
+        if self._done:
+            raise StopIteration
+        try:
+            for line in self._lines:
+                ev = ops.parse_watch_event(line)
+                if isinstance(ev, m.ApiError):
+                    raise error_from_api(ev.model_dump(mode="json"), 200)
+                return ev
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        raise Unavailable("the watch ended without a reason (the daemon went away)")
+
+    def close(self) -> None:
+        """End the watch (the daemon stops watching inside the sandbox)."""
+        self._done = True
+        with contextlib.suppress(ValueError):
+            self._lines.close()  # type: ignore[attr-defined]
+        self._resp.close()
+
+    def __enter__(self) -> FileWatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 class ShellSession:

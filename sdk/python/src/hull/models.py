@@ -194,6 +194,58 @@ class SandboxEvent(_Answer):
     message: str
 
 
+class NetworkMode(_StrEnum):
+    """Network modes (docs/network.md)."""
+
+    NONE = "none"
+    ALLOWLIST = "allowlist"
+    OPEN = "open"
+    RECORD = "record"
+    REPLAY = "replay"
+
+
+class AllowItem(BaseModel):
+    """One thing a sandbox may reach: exactly one of ``domain``, ``cidr``,
+    ``sandbox`` (a peer), with optional ``ports`` (``"443"``, ``"8000-8100"``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    __openapi__: ClassVar[str] = "AllowItem"
+    domain: str | None = None
+    cidr: str | None = None
+    sandbox: str | None = None
+    ports: list[str] = Field(default_factory=list)
+
+
+class HeaderRuleSpec(BaseModel):
+    """Headers set on requests to ``domain`` (values are never returned: ``***``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    __openapi__: ClassVar[str] = "HeaderRuleSpec"
+    domain: str
+    set: dict[str, str]
+
+
+class NetworkPolicy(BaseModel):
+    """A network policy (docs/network.md). Wherever the SDK takes one, the
+    string form (``"open"``, ``"allow:example.com,10.0.0.0/8"``) works too."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    __openapi__: ClassVar[str] = "NetworkPolicy"
+    mode: NetworkMode
+    allow: list[AllowItem] = Field(default_factory=list)
+    headers: list[HeaderRuleSpec] = Field(default_factory=list)
+    snapshot: str | None = None
+
+
+class SandboxNetwork(_Answer):
+    """``GET``/``PUT /v1/sandboxes/{id}/network``."""
+
+    __openapi__ = "SandboxNetwork"
+    policy: NetworkPolicy
+    summary: str
+    addresses: list[str] = Field(default_factory=list)
+
+
 class SandboxInfo(_Answer):
     """A sandbox as the API reports it (the ``Sandbox`` component)."""
 
@@ -216,6 +268,7 @@ class SandboxInfo(_Answer):
     snapshot: str | None = None
     error: str | None = None
     events: list[SandboxEvent] = Field(default_factory=list)
+    network: NetworkPolicy | None = None
 
 
 class SandboxList(_Answer):
@@ -240,6 +293,7 @@ class CreateSandbox(_Request):
     user: str | None = None
     workdir: str | None = None
     from_: str | None = Field(default=None, alias="from")
+    network: NetworkPolicy | str | None = None
 
 
 class SetTtl(_Request):
@@ -645,6 +699,7 @@ class Fork(_Request):
     labels: dict[str, str] = Field(default_factory=dict)
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
     ttl_seconds: int | None = None
+    network: NetworkPolicy | str | None = None
 
 
 class ForkResult(_Answer):
@@ -755,6 +810,7 @@ class HostInfo(_Answer):
     sandboxes: int
     defaults: Limits
     snapshot_store: str | None = None
+    network: str = ""
 
 
 class Health(_Answer):
@@ -823,6 +879,66 @@ class CodeEnd(_Answer):
 
 
 CodeEvent = CodeStdout | CodeStderr | CodeResult | CodeDisplay | CodeException | CodeEnd
+
+
+# --- file watches ------------------------------------------------------------
+
+
+class WatchCreate(_Answer):
+    """An entry was created in (or moved into) a watched directory.
+    ``name`` is relative to the watched directory, ``path`` absolute."""
+
+    __openapi__ = "FileWatchEvent#create"
+    type: Literal["create"] = "create"
+    name: str
+    path: str
+
+
+class WatchWrite(_Answer):
+    """A file's content was modified."""
+
+    __openapi__ = "FileWatchEvent#write"
+    type: Literal["write"] = "write"
+    name: str
+    path: str
+
+
+class WatchRemove(_Answer):
+    """An entry was deleted (an empty ``name``: the watched directory itself)."""
+
+    __openapi__ = "FileWatchEvent#remove"
+    type: Literal["remove"] = "remove"
+    name: str
+    path: str
+
+
+class WatchRename(_Answer):
+    """An entry was moved away (its new name, if watched, comes as ``create``)."""
+
+    __openapi__ = "FileWatchEvent#rename"
+    type: Literal["rename"] = "rename"
+    name: str
+    path: str
+
+
+class WatchChmod(_Answer):
+    """An entry's permissions, owner or times changed."""
+
+    __openapi__ = "FileWatchEvent#chmod"
+    type: Literal["chmod"] = "chmod"
+    name: str
+    path: str
+
+
+class WatchOverflow(_Answer):
+    """Events were lost (the sandbox's queue overflowed while the reader
+    was slow, or a new subdirectory could not be watched)."""
+
+    __openapi__ = "FileWatchEvent#overflow"
+    type: Literal["overflow"] = "overflow"
+
+
+FileWatchEvent = WatchCreate | WatchWrite | WatchRemove | WatchRename | WatchChmod | WatchOverflow
 
 
 # --- browser ----------------------------------------------------------------
@@ -907,6 +1023,44 @@ class McpServerInfo(_Answer):
     session_idle_timeout_seconds: int
     created_at: int
     tools: int | None = None
+
+
+class PortProtocol(_StrEnum):
+    """How an exposed port is reached: ``http`` (reverse proxy, WebSocket
+    included; raw TCP too) or ``tcp`` (raw TCP over a WebSocket only)."""
+
+    HTTP = "http"
+    TCP = "tcp"
+
+
+class ExposePort(_Request):
+    """``POST .../ports``."""
+
+    __openapi__ = "ExposePort"
+    port: int
+    protocol: PortProtocol | None = None
+
+
+class ExposedPort(_Answer):
+    """An exposed port. ``path`` is its route on the daemon; ``url`` is
+    that route made absolute with the SDK's own endpoint (over the unix
+    socket, ``http://localhost/...``, which this SDK's HTTP client reaches;
+    other clients need the daemon on TCP)."""
+
+    __openapi__ = "ExposedPort"
+    port: int
+    protocol: PortProtocol
+    sandbox: str
+    path: str
+    url: str
+    created_at: int
+
+
+class ExposedPorts(_Answer):
+    """``GET .../ports``."""
+
+    __openapi__ = "ExposedPorts"
+    ports: list[ExposedPort]
 
 
 class McpServers(_Answer):

@@ -211,6 +211,10 @@ pub(crate) async fn create(State(s): State<E2b>, headers: HeaderMap, body: Bytes
         env,
         // E2B's default is 300 s.
         ttl_seconds: Some(ttl.unwrap_or(300)),
+        // `allow_internet_access=False`: no network at all (also the
+        // cheapest create: no namespace from the pool, no firewall state).
+        network: (v.get("allow_internet_access").and_then(Value::as_bool) == Some(false))
+            .then(hull_api::NetworkPolicy::none),
         ..Default::default()
     };
     match s.app.rt.create(req).await {
@@ -367,6 +371,7 @@ pub(crate) async fn kill(
     match s.app.rt.destroy(&id).await {
         Ok(()) => {
             s.procs.forget_sandbox(&id);
+            s.watchers.forget_sandbox(&id);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => lookup_error(e),

@@ -8,8 +8,8 @@
 //! Limits: uploads at most the daemon's `max_upload_bytes` each, refused
 //! from `Content-Length` first, then enforced while streaming (413);
 //! gzip-encoded uploads are refused (send them plain); files are written
-//! by hull's agent as root whatever the `user`; directory watches
-//! (`watch_dir`) are not served (`unimplemented`).
+//! by hull's agent as root whatever the `user`. Directory watches are
+//! [`super::envd_watch`]'s.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Query, Request};
@@ -329,7 +329,7 @@ pub(crate) async fn call(
     req: Request,
 ) -> Response {
     if method == "WatchDir" {
-        return connect::stream_error(watch_unsupported());
+        return super::envd_watch::watch_dir(s, sid, user, req).await;
     }
     if let Err(r) = connect::check_request(req.headers(), false) {
         return r;
@@ -338,13 +338,6 @@ pub(crate) async fn call(
         Ok(v) => connect::unary_ok(&v),
         Err(e) => e.into_response(),
     }
-}
-
-fn watch_unsupported() -> RpcError {
-    RpcError::new(
-        Code::Unimplemented,
-        "directory watches (watch_dir) are not supported by hull's E2B layer yet",
-    )
 }
 
 async fn unary(
@@ -407,7 +400,9 @@ async fn unary(
             rt.remove(sid, &p, true).await?;
             Ok(json!({}))
         }
-        "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => Err(watch_unsupported()),
+        "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
+            super::envd_watch::unary(s, sid, method, user, body).await
+        }
         other => Err(RpcError::new(
             Code::Unimplemented,
             format!("filesystem.Filesystem/{other} is not a method hull serves"),

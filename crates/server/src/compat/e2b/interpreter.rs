@@ -5,18 +5,20 @@
 //! `/interrupt`. A run without a context uses hull's `default` context,
 //! created on first use.
 //!
-//! Limits: Python only; outputs arrive when the run ends (hull's runs are
-//! not streamed yet), so `on_stdout`-style callbacks fire at the end; a
-//! result is marked `is_main_result` when it is the last one that has
-//! `text/plain` and no image (hull's result list does not tell
-//! `execute_result` from `display_data`); `env_vars` per run are refused;
-//! a context's `cwd` is set with `os.chdir` when it is created.
+//! Runs are streamed (hull's `code_run_stream`): each output is a line as
+//! the kernel produces it, so the SDK's `on_stdout` / `on_stderr` /
+//! `on_result` callbacks fire while the code runs; the `execute_result`
+//! is the `is_main_result`, `display_data` outputs are not. A client that
+//! disconnects (the SDK's `timeout`) interrupts the code.
+//!
+//! Limits: Python only; `env_vars` per run are refused; a context's `cwd`
+//! is set with `os.chdir` when it is created.
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hull_api::{ApiError, CodeContextRequest, CodeRunRequest, CodeRunResult};
+use hull_api::{ApiError, CodeContextRequest, CodeEvent, CodeRunRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -190,65 +192,89 @@ fn field_of(mime: &str) -> Option<&'static str> {
     })
 }
 
-/// The NDJSON lines of one run.
-fn lines(r: CodeRunResult) -> Vec<Value> {
-    let ts = std::time::SystemTime::now()
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    let mut out = Vec::new();
-    if !r.stdout.is_empty() {
-        out.push(json!({"type": "stdout", "text": r.stdout, "timestamp": ts}));
-    }
-    if !r.stderr.is_empty() {
-        out.push(json!({"type": "stderr", "text": r.stderr, "timestamp": ts}));
-    }
-    if r.truncated {
-        out.push(json!({"type": "stderr", "text": "[hull: output past the run's limit was dropped]\n", "timestamp": ts}));
-    }
-    let main = r
-        .results
-        .iter()
-        .rposition(|b| b.contains_key("text/plain") && !b.keys().any(|k| k.starts_with("image/")));
-    for (i, bundle) in r.results.into_iter().enumerate() {
-        let mut v = Map::new();
-        v.insert("type".into(), json!("result"));
-        let mut extra = Map::new();
-        for (mime, data) in bundle {
-            match field_of(&mime) {
-                Some(f) => {
-                    v.insert(f.into(), data);
-                }
-                None => {
-                    extra.insert(mime, data);
-                }
+        .unwrap_or(0)
+}
+
+/// An E2B `result` line for a MIME bundle.
+fn result_line(bundle: Map<String, Value>, main: bool) -> Value {
+    let mut v = Map::new();
+    v.insert("type".into(), json!("result"));
+    let mut extra = Map::new();
+    for (mime, data) in bundle {
+        match field_of(&mime) {
+            Some(f) => {
+                v.insert(f.into(), data);
+            }
+            None => {
+                extra.insert(mime, data);
             }
         }
-        if !extra.is_empty() {
-            v.insert("extra".into(), Value::Object(extra));
+    }
+    if !extra.is_empty() {
+        v.insert("extra".into(), Value::Object(extra));
+    }
+    v.insert("is_main_result".into(), json!(main));
+    Value::Object(v)
+}
+
+/// The E2B lines for one event of a streamed run. `raised` remembers
+/// whether the code raised, so that a timeout adds no second error.
+fn event_lines(ev: CodeEvent, raised: &mut bool) -> Vec<Value> {
+    let ts = now_micros();
+    match ev {
+        CodeEvent::Stdout { text } => {
+            vec![json!({"type": "stdout", "text": text, "timestamp": ts})]
         }
-        v.insert("is_main_result".into(), json!(Some(i) == main));
-        out.push(Value::Object(v));
-    }
-    if let Some(e) = r.error {
-        out.push(json!({
+        CodeEvent::Stderr { text } => {
+            vec![json!({"type": "stderr", "text": text, "timestamp": ts})]
+        }
+        // The `execute_result` (the value of the last expression) is the
+        // main result; `display_data` outputs are not.
+        CodeEvent::Result { data, .. } => vec![result_line(data, true)],
+        CodeEvent::Display { data } => vec![result_line(data, false)],
+        CodeEvent::Exception(e) => {
+            *raised = true;
+            vec![json!({
+                "type": "error",
+                "name": e.name,
+                "value": e.value,
+                "traceback": e.traceback.join("\n"),
+            })]
+        }
+        CodeEvent::End {
+            execution_count,
+            timed_out,
+            truncated,
+        } => {
+            let mut out = Vec::new();
+            if truncated {
+                out.push(json!({"type": "stderr", "text": "[hull: output past the run's limit was dropped]\n", "timestamp": ts}));
+            }
+            if timed_out && !*raised {
+                out.push(json!({
+                    "type": "error",
+                    "name": "TimeoutError",
+                    "value": "the run's timeout passed: it was interrupted (the context keeps its state)",
+                    "traceback": "",
+                }));
+            }
+            if let Some(n) = execution_count {
+                out.push(json!({"type": "number_of_executions", "execution_count": n}));
+            }
+            out
+        }
+        // The run failed in hull (the kernel died, the guest is gone).
+        CodeEvent::Error { error } => vec![json!({
             "type": "error",
-            "name": e.name,
-            "value": e.value,
-            "traceback": e.traceback.join("\n"),
-        }));
-    } else if r.timed_out {
-        out.push(json!({
-            "type": "error",
-            "name": "TimeoutError",
-            "value": "the run's timeout passed: it was interrupted (the context keeps its state)",
+            "name": format!("hull.{}", error.kind.as_str()),
+            "value": error.message,
             "traceback": "",
-        }));
+        })],
     }
-    if let Some(n) = r.execution_count {
-        out.push(json!({"type": "number_of_executions", "execution_count": n}));
-    }
-    out
 }
 
 async fn execute(s: &E2b, sid: &str, r: ExecuteRequest) -> Response {
@@ -272,21 +298,35 @@ async fn execute(s: &E2b, sid: &str, r: ExecuteRequest) -> Response {
         timeout_ms: None,
         context: None,
     };
-    let res = match &r.context_id {
-        Some(c) => s.app.rt.code_run(sid, c, run).await,
-        None => s.app.rt.code_run_default(sid, run).await,
+    let events = match &r.context_id {
+        Some(c) => s.app.rt.code_run_stream(sid, c, run).await,
+        None => s.app.rt.code_run_stream_default(sid, run).await,
     };
-    match res {
-        Ok(result) => {
-            let mut text = String::new();
-            for l in lines(result) {
-                text.push_str(&l.to_string());
-                text.push('\n');
+    let events = match events {
+        Ok(rx) => rx,
+        Err(e) => return from_api(e),
+    };
+    // One NDJSON line per output as the kernel produces it. The body owns
+    // the receiver: a client that goes away (the SDK's `timeout`) drops
+    // it, which interrupts the code.
+    let body =
+        futures_util::stream::unfold((events, false), |(mut events, mut raised)| async move {
+            let ev = events.recv().await?;
+            let mut text = Vec::new();
+            for l in event_lines(ev, &mut raised) {
+                text.extend_from_slice(l.to_string().as_bytes());
+                text.push(b'\n');
             }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response()
-        }
-        Err(e) => from_api(e),
-    }
+            Some((
+                Ok::<_, std::io::Error>(axum::body::Bytes::from(text)),
+                (events, raised),
+            ))
+        });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -294,26 +334,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_results_become_e2b_lines() {
+    fn run_events_become_e2b_lines() {
+        let mut raised = false;
         let mut plain = Map::new();
         plain.insert("text/plain".into(), json!("42"));
         let mut fig = Map::new();
         fig.insert("image/png".into(), json!("iVBOR"));
         fig.insert("text/plain".into(), json!("<Figure>"));
         fig.insert("application/x-custom".into(), json!({"a": 1}));
-        let r = CodeRunResult {
-            stdout: "hi\n".into(),
-            results: vec![plain, fig],
+        let l = event_lines(
+            CodeEvent::Stdout {
+                text: "hi\n".into(),
+            },
+            &mut raised,
+        );
+        assert_eq!(
+            (l[0]["type"].as_str(), l[0]["text"].as_str()),
+            (Some("stdout"), Some("hi\n"))
+        );
+        let l = event_lines(CodeEvent::Display { data: fig }, &mut raised);
+        assert_eq!(l[0]["png"], "iVBOR");
+        assert_eq!(l[0]["is_main_result"], false);
+        assert_eq!(l[0]["extra"]["application/x-custom"]["a"], 1);
+        let l = event_lines(
+            CodeEvent::Result {
+                data: plain,
+                execution_count: Some(3),
+            },
+            &mut raised,
+        );
+        assert_eq!(
+            (l[0]["text"].as_str(), &l[0]["is_main_result"]),
+            (Some("42"), &json!(true))
+        );
+        let end = || CodeEvent::End {
             execution_count: Some(3),
-            ..Default::default()
+            timed_out: true,
+            truncated: false,
         };
-        let l = lines(r);
-        assert_eq!(l[0]["type"], "stdout");
-        assert_eq!(l[1]["text"], "42");
-        assert_eq!(l[1]["is_main_result"], true);
-        assert_eq!(l[2]["png"], "iVBOR");
-        assert_eq!(l[2]["is_main_result"], false);
-        assert_eq!(l[2]["extra"]["application/x-custom"]["a"], 1);
-        assert_eq!(l[3]["execution_count"], 3);
+        let l = event_lines(end(), &mut raised);
+        assert_eq!(l[0]["name"], "TimeoutError");
+        assert_eq!(l[1]["execution_count"], 3);
+        // After an exception, a timeout adds no second error.
+        let l = event_lines(
+            CodeEvent::Exception(hull_api::CodeRunError {
+                name: "KeyboardInterrupt".into(),
+                value: String::new(),
+                traceback: vec!["a".into(), "b".into()],
+            }),
+            &mut raised,
+        );
+        assert_eq!(l[0]["traceback"], "a\nb");
+        let l = event_lines(end(), &mut raised);
+        assert_eq!(l.len(), 1);
+        let l = event_lines(
+            CodeEvent::Error {
+                error: ApiError::unavailable("gone"),
+            },
+            &mut raised,
+        );
+        assert_eq!(
+            (l[0]["name"].as_str(), l[0]["value"].as_str()),
+            (Some("hull.unavailable"), Some("gone"))
+        );
     }
 }

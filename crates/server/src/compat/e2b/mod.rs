@@ -7,7 +7,7 @@
 //! - envd (under `/e2b/sandbox`, `E2B_SANDBOX_URL`, port header 49983):
 //!   Connect RPC `process.Process` ([`envd_process`]) and
 //!   `filesystem.Filesystem` plus REST `/files` and `/health`
-//!   ([`envd_fs`]);
+//!   ([`envd_fs`]; directory watches: [`envd_watch`]);
 //! - the code interpreter (same URL, port header 49999): `/execute` and
 //!   `/contexts` ([`interpreter`]).
 //!
@@ -32,6 +32,7 @@ mod connect;
 mod control;
 mod envd_fs;
 mod envd_process;
+mod envd_watch;
 mod interpreter;
 
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub(crate) struct E2b {
     /// The daemon token (TCP); `None` on the unix socket: no checks.
     key: Option<Arc<String>>,
     pub procs: Arc<envd_process::Table>,
+    pub watchers: Arc<envd_watch::Watchers>,
 }
 
 impl E2b {
@@ -135,6 +137,7 @@ pub(crate) fn router(app: AppState, auth: Auth) -> Router<AppState> {
         app,
         key,
         procs: Arc::new(envd_process::Table::default()),
+        watchers: Arc::new(envd_watch::Watchers::default()),
     };
     use control::*;
     Router::new()
