@@ -242,9 +242,12 @@ table inet {t} {{
             Mode::Record => rules.domains.is_empty() && rules.cidrs.is_empty(),
             Mode::None | Mode::Allowlist | Mode::Replay => false,
         };
+        // Header (secret) rules need the proxy's interceptor in every mode,
+        // `open` included: its TCP is redirected too, the rest forwarded.
         let proxied = self.proxy.is_some()
-            && matches!(rules.mode, Mode::Allowlist | Mode::Record | Mode::Replay);
-        if open && !proxied {
+            && (matches!(rules.mode, Mode::Allowlist | Mode::Record | Mode::Replay)
+                || !rules.headers.is_empty());
+        if open && (!proxied || rules.mode == Mode::Open) {
             out.push(format!("mode {{ {q} : accept }}"));
         }
         if proxied {
@@ -368,5 +371,23 @@ mod tests {
         );
         assert!(!e.iter().any(|l| l.starts_with("mode")));
         assert!(nft.ruleset().contains("table inet hull_abcd1234 {"));
+
+        // `open` with a header rule: TCP through the proxy (for the
+        // interceptor), everything else still forwarded.
+        let proxy = Some(ProxyPorts {
+            tcp: 3128,
+            dns: 5353,
+        });
+        let nft = Nft::new("abcd1234", "habcd1234", range, proxy);
+        let mut r = SandboxRules::deny_all("sb");
+        r.mode = Mode::Open;
+        assert_eq!(nft.elements_for("h1", &r), vec!["mode { \"h1\" : accept }"]);
+        r.headers.push(crate::rules::HeaderRule {
+            pattern: crate::rules::DomainPattern::parse("api.example.com").unwrap(),
+            set: vec![("authorization".into(), "Bearer x".into())],
+        });
+        let e = nft.elements_for("h1", &r);
+        assert!(e.contains(&"mode { \"h1\" : accept }".to_string()), "{e:?}");
+        assert!(e.contains(&"redirected { \"h1\" }".to_string()), "{e:?}");
     }
 }

@@ -227,6 +227,15 @@ def offline():
     try:
         devs = [l.split(":")[0].strip() for l in sb.commands.run("cat /proc/net/dev").stdout.splitlines()[2:]]
         check(devs == ["lo"], f"interfaces: {devs}")
+        check(Sandbox.get_info(sb.sandbox_id).allow_internet_access is False, "info says offline")
+    finally:
+        sb.kill()
+    # allow_internet_access=True: hull's `open`, an eth0 from the pool.
+    sb = Sandbox.create(allow_internet_access=True)
+    try:
+        devs = [l.split(":")[0].strip() for l in sb.commands.run("cat /proc/net/dev").stdout.splitlines()[2:]]
+        check(sorted(devs) == ["eth0", "lo"], f"interfaces: {devs}")
+        check(Sandbox.get_info(sb.sandbox_id).allow_internet_access is True, "info says online")
     finally:
         sb.kill()
 
@@ -403,10 +412,10 @@ def hostile():
     check(Sandbox.kill("no-such-sandbox") is False, "kill of an unknown sandbox")
     # Unsupported options say so.
     try:
-        Sandbox.create(allow_internet_access=True)
-        raise AssertionError("internet access is refused")
+        Sandbox.create(network={"allow_out": ["192.0.2.1"]})
+        raise AssertionError("allow_out rules are refused")
     except SandboxException as e:
-        check("loopback" in str(e), f"message: {e}")
+        check("allowOut" in str(e), f"message: {e}")
     sb = Sandbox.create()
     try:
         url = os.environ["E2B_SANDBOX_URL"]

@@ -7,9 +7,12 @@
 //! `base` and `code-interpreter-v1`, which are hull's `host` template; the
 //! timeout is the TTL (hull's `session` profile: activity pushes it back);
 //! metadata are labels; `envVars` the sandbox's environment. Refused with
-//! 400 (hull has no such feature): `mcp`, `volumeMounts`, `autoPause`,
-//! `allow_internet_access: true` and network `allowOut` rules (sandboxes
-//! have loopback networking only). Limits: request bodies at most
+//! 400 (hull has no such feature): `mcp`, `volumeMounts`, `autoPause`, and
+//! network `allowOut`/`denyOut` rules (E2B's precedence rules are not
+//! mapped; set a hull policy with `PUT /v1/sandboxes/{id}/network`).
+//! `allow_internet_access` picks hull's network mode: `false` -> `none`,
+//! `true` -> `open`, absent -> the daemon's default for the `session`
+//! profile. Limits: request bodies at most
 //! [`MAX_JSON`](crate::MAX_JSON); a list page holds at most 100 sandboxes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -107,18 +110,16 @@ fn refuse_unsupported(v: &Value) -> Result<(), Response> {
             "autoPause is not supported: a hull sandbox is destroyed at its timeout",
         ));
     }
-    if v.get("allow_internet_access").and_then(Value::as_bool) == Some(true) {
-        return Err(bad(
-            "allow_internet_access=true is not supported: hull sandboxes have loopback networking only",
-        ));
-    }
-    if v.pointer("/network/allowOut")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(bad(
-            "network.allowOut is not supported: hull sandboxes have loopback networking only",
-        ));
+    for rule in ["allowOut", "denyOut"] {
+        if v.pointer(&format!("/network/{rule}"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
+            return Err(bad(format!(
+                "network.{rule} is not mapped by hull's E2B layer: use allow_internet_access, \
+                 or set the sandbox's policy with PUT /v1/sandboxes/{{id}}/network (docs/network.md)"
+            )));
+        }
     }
     Ok(())
 }
@@ -176,7 +177,7 @@ fn listed(s: &E2b, sb: &Sandbox, detail: bool) -> Value {
     if detail {
         v["envdAccessToken"] = json!(s.access_token(&sb.id));
         v["domain"] = Value::Null;
-        v["allowInternetAccess"] = json!(false);
+        v["allowInternetAccess"] = json!(sb.network.mode != hull_api::NetworkMode::None);
     }
     v
 }
@@ -212,9 +213,13 @@ pub(crate) async fn create(State(s): State<E2b>, headers: HeaderMap, body: Bytes
         // E2B's default is 300 s.
         ttl_seconds: Some(ttl.unwrap_or(300)),
         // `allow_internet_access=False`: no network at all (also the
-        // cheapest create: no namespace from the pool, no firewall state).
-        network: (v.get("allow_internet_access").and_then(Value::as_bool) == Some(false))
-            .then(hull_api::NetworkPolicy::none),
+        // cheapest create: no namespace from the pool, no firewall state);
+        // `True`: full egress; absent: the profile's default.
+        network: match v.get("allow_internet_access").and_then(Value::as_bool) {
+            Some(false) => Some(hull_api::NetworkPolicy::none()),
+            Some(true) => Some(hull_api::NetworkPolicy::open()),
+            None => None,
+        },
         ..Default::default()
     };
     match s.app.rt.create(req).await {
@@ -500,8 +505,8 @@ mod tests {
             json!({"mcp": {"x": 1}}),
             json!({"autoPause": true}),
             json!({"volumeMounts": [{"name": "v", "path": "/v"}]}),
-            json!({"allow_internet_access": true}),
             json!({"network": {"allowOut": ["1.1.1.1"]}}),
+            json!({"network": {"denyOut": ["0.0.0.0/0"]}}),
         ] {
             assert!(refuse_unsupported(&v).is_err(), "{v}");
         }
