@@ -34,6 +34,7 @@ mod code;
 mod compat;
 pub mod config;
 mod daemon;
+mod drain;
 mod error;
 mod exec;
 mod files;
@@ -265,5 +266,6 @@ pub fn router_until(
         .nest("/e2b", e2b)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(drain::drain_unread))
         .with_state(state)
 }
