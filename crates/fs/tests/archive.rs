@@ -2184,9 +2184,32 @@ fn snapshot_streams_round_trip() {
     manifest.meta.insert("sandbox".into(), "sb-1".into());
     let mut out = Vec::new();
     let mut progressed = 0;
+    let cassette = s.path().join("cassette.hcas");
+    let recorded: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&cassette, &recorded).unwrap();
+    // Only known attachments, once each.
+    for bad in [
+        vec![("other.bin", cassette.as_path())],
+        vec![
+            ("network.hcas", cassette.as_path()),
+            ("network.hcas", cassette.as_path()),
+        ],
+    ] {
+        let e = export_snapshot(
+            &manifest,
+            &[layers.clone(), vec![usr.clone()]],
+            &bad,
+            IdMap::IDENTITY,
+            &mut Vec::new(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at most once"), "{e}");
+    }
     let written = export_snapshot(
         &manifest,
         &[layers.clone(), vec![usr.clone()]],
+        &[("network.hcas", cassette.as_path())],
         IdMap::IDENTITY,
         &mut out,
         &mut |b| progressed = b,
@@ -2198,7 +2221,7 @@ fn snapshot_streams_round_trip() {
 
     let staging = s.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    let (got, dirs) = import_snapshot(
+    let (got, dirs, attached) = import_snapshot(
         &out[..],
         &staging,
         IdMap::IDENTITY,
@@ -2207,6 +2230,12 @@ fn snapshot_streams_round_trip() {
     )
     .unwrap();
     assert_eq!(got, manifest);
+    let cassette_in = staging.join("attachments/network.hcas");
+    assert_eq!(
+        attached,
+        [("network.hcas".to_string(), cassette_in.clone())]
+    );
+    assert_eq!(fs::read(&cassette_in).unwrap(), recorded);
     assert_eq!(dirs, [staging.join("part0"), staging.join("part1")]);
     let want = view(&s, &[&layers[0], &layers[1], &base], "v1");
     prune_whiteouts(&dirs[0], std::slice::from_ref(&base)).unwrap();
@@ -2303,7 +2332,11 @@ fn hostile_snapshot_streams() {
             stream(Some(&good), |l| {
                 l.file("etc/passwd", b"");
             }),
-            &["\"etc/passwd\"", "entries under parts/<n>/"],
+            &[
+                "\"etc/passwd\"",
+                "entries under parts/<n>/",
+                "attachments/<name>",
+            ],
         ),
         (
             "cross-part hardlink",
@@ -2324,6 +2357,49 @@ fn hostile_snapshot_streams() {
             "huge manifest",
             stream(Some(&vec![b' '; 2 << 20]), |_| {}),
             &["at most 1048576"],
+        ),
+        (
+            "unknown attachment",
+            stream(Some(&good), |l| {
+                l.file("attachments/evil.so", b"x");
+            }),
+            &["\"attachments/evil.so\"", "unknown attachment"],
+        ),
+        (
+            "attachment in a subdirectory",
+            stream(Some(&good), |l| {
+                l.file("attachments/x/network.hcas", b"x");
+            }),
+            &["holds only the files"],
+        ),
+        (
+            "attachment directory entry",
+            stream(Some(&good), |l| {
+                l.dir("attachments/");
+            }),
+            &["holds only the files"],
+        ),
+        (
+            "attachment as a symlink",
+            stream(Some(&good), |l| {
+                l.symlink("attachments/network.hcas", "/etc/shadow");
+            }),
+            &["must be a regular file"],
+        ),
+        (
+            "attachment twice",
+            stream(Some(&good), |l| {
+                l.file("attachments/network.hcas", b"a")
+                    .file("attachments/network.hcas", b"b");
+            }),
+            &["appears twice"],
+        ),
+        (
+            "attachment traversal",
+            stream(Some(&good), |l| {
+                l.file("attachments/../../network.hcas", b"x");
+            }),
+            &["'..'"],
         ),
     ];
     for (what, data, wants) in cases {

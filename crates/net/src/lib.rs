@@ -14,6 +14,7 @@ pub mod rules;
 // Namespaces, veth pool, addresses, nftables, policy compilation (NET-CORE).
 pub mod addr;
 pub mod link;
+pub mod nflog;
 pub mod nft;
 pub mod policy;
 pub mod pool;

@@ -25,6 +25,16 @@
 //! The table does not change the policy of other tables: a host firewall
 //! that drops forwarded traffic (Docker's FORWARD policy) still applies.
 //!
+//! Drops of sandbox traffic (to the host, to never-reachable or other
+//! sandboxes' addresses, and the final policy drop) are also reported when
+//! the table is made with a log group ([`Nft::with_log_group`]): each drop
+//! rule jumps to a `deny_*` chain that sends the packet's first
+//! [`LOG_SNAPLEN`] bytes to that NFLOG group (read by [`crate::nflog`]) with
+//! a prefix naming the reason, then drops. Logging is rate-limited in the
+//! kernel, per sandbox interface ([`LOG_RATE`]) and for the whole table
+//! ([`LOG_RATE_ALL`]), so a flood costs a few messages; the counters still
+//! count every packet. Without a log group drops are only counted.
+//!
 //! Spawning `nft` costs ~3-5 ms; it is paid at table setup and for a policy
 //! change, never for creating a sandbox whose policy is `open` (pool slots
 //! are pre-provisioned with it).
@@ -38,6 +48,20 @@ use crate::NetError;
 use crate::addr::NetRange;
 use crate::rules::{Mode, SandboxRules};
 
+/// Per sandbox interface: reported drops, as an nft `limit` (beyond it the
+/// drops are still counted, not reported).
+pub const LOG_RATE: &str = "2/second burst 20 packets";
+/// For the whole table (many sandboxes flooding at once).
+pub const LOG_RATE_ALL: &str = "100/second burst 200 packets";
+/// Bytes of each dropped packet sent to the log group: IP headers
+/// (with IPv6 extension headers) and the transport header.
+pub const LOG_SNAPLEN: u32 = 128;
+/// The log prefixes of the `deny_*` chains: why the packet was dropped.
+pub const DENY_HOST: &str = "hull-deny host";
+pub const DENY_BLOCKED: &str = "hull-deny blocked";
+pub const DENY_SANDBOX: &str = "hull-deny sandbox";
+pub const DENY_POLICY: &str = "hull-deny policy";
+
 /// The table of one daemon instance.
 #[derive(Debug)]
 pub struct Nft {
@@ -49,6 +73,8 @@ pub struct Nft {
     /// Proxy and DNS ports sandboxes may reach on their gateway, and
     /// redirect to (allowlist/record/replay).
     proxy: Option<ProxyPorts>,
+    /// The NFLOG group drops are reported to, if any.
+    log_group: Option<u16>,
 }
 
 /// Where the egress proxy and DNS server listen on the host.
@@ -123,7 +149,18 @@ impl Nft {
             range,
             elements: Default::default(),
             proxy,
+            log_group: None,
         }
+    }
+
+    /// Report drops to NFLOG group `group` (rate-limited); `None`: count only.
+    pub fn with_log_group(mut self, group: Option<u16>) -> Nft {
+        self.log_group = group;
+        self
+    }
+
+    pub fn log_group(&self) -> Option<u16> {
+        self.log_group
     }
 
     pub fn table(&self) -> &str {
@@ -164,7 +201,7 @@ impl Nft {
         };
         let redirect = match self.proxy {
             Some(pp) => format!(
-                "    iifname @redirected meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}
+                "    iifname @resolved meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}
     iifname @redirected ip daddr != {v4} meta l4proto tcp redirect to :{tcp}
     iifname @redirected ip6 daddr != {v6} meta l4proto tcp redirect to :{tcp}\n",
                 dns = pp.dns,
@@ -172,12 +209,52 @@ impl Nft {
             ),
             None => String::new(),
         };
+        // Each reported drop: counted where it matches, then a `goto` to a
+        // chain that logs (rate-limited) and drops.
+        let (drop_host, drop_blocked, drop_sandbox, drop_policy, deny) = match self.log_group {
+            Some(g) => {
+                let mut chains = String::new();
+                for (name, prefix) in [
+                    ("deny_host", DENY_HOST),
+                    ("deny_blocked", DENY_BLOCKED),
+                    ("deny_sandbox", DENY_SANDBOX),
+                    ("deny_policy", DENY_POLICY),
+                ] {
+                    let _ = write!(
+                        chains,
+                        "  chain {name} {{
+    ip6 saddr {{ ::/128, fe80::/10 }} drop
+    add @lograte {{ iifname limit rate {LOG_RATE} }} limit rate {LOG_RATE_ALL} log prefix \"{prefix}\" group {g} snaplen {LOG_SNAPLEN} queue-threshold 1
+    drop
+  }}
+"
+                    );
+                }
+                (
+                    "counter goto deny_host",
+                    "counter goto deny_blocked",
+                    "counter goto deny_sandbox",
+                    "counter goto deny_policy",
+                    format!(
+                        "  set lograte {{ type ifname; flags dynamic, timeout; timeout 1m; size 65536; }}\n{chains}"
+                    ),
+                )
+            }
+            None => (
+                "counter drop",
+                "counter drop",
+                "counter drop",
+                "counter drop",
+                String::new(),
+            ),
+        };
         format!(
             "table inet {t} {{}}
 delete table inet {t}
 table inet {t} {{
   map mode {{ type ifname : verdict; }}
   set redirected {{ type ifname; }}
+  set resolved {{ type ifname; }}
   set allow4 {{ type ifname . ipv4_addr . inet_proto . inet_service; flags interval; }}
   set allow6 {{ type ifname . ipv6_addr . inet_proto . inet_service; flags interval; }}
   set peers4 {{ type ifname . ipv4_addr; }}
@@ -197,7 +274,7 @@ table inet {t} {{
   chain sandbox_to_host {{
     ct state established,related accept
     icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept
-    {host_ports}    counter drop
+    {host_ports}    {drop_host}
   }}
   chain forward {{
     type filter hook forward priority filter - 5; policy accept;
@@ -208,13 +285,13 @@ table inet {t} {{
     ct state established,related accept
     iifname . ip daddr @peers4 accept
     iifname . ip6 daddr @peers6 accept
-    ip daddr @blocked4 counter drop
-    ip6 daddr @blocked6 counter drop
-    oifname {p} counter drop
+    ip daddr @blocked4 {drop_blocked}
+    ip6 daddr @blocked6 {drop_blocked}
+    oifname {p} {drop_sandbox}
     iifname . ip daddr . meta l4proto . th dport @allow4 accept
     iifname . ip6 daddr . meta l4proto . th dport @allow6 accept
     iifname vmap @mode
-    counter drop
+    {drop_policy}
   }}
   chain to_sandbox {{
     ct state established,related accept
@@ -228,7 +305,7 @@ table inet {t} {{
     ip saddr {v4} oifname != {p} masquerade
     ip6 saddr {v6} oifname != {p} masquerade
   }}
-}}
+{deny}}}
 "
         )
     }
@@ -252,6 +329,12 @@ table inet {t} {{
         }
         if proxied {
             out.push(format!("redirected {{ {q} }}"));
+        }
+        // DNS goes to hull's resolver in every networked mode (`open` too:
+        // the upstream is the daemon's `--dns`, whatever the sandbox's
+        // resolv.conf names, which may be unreachable from it).
+        if self.proxy.is_some() && rules.mode != Mode::None {
+            out.push(format!("resolved {{ {q} }}"));
         }
         if matches!(rules.mode, Mode::Allowlist | Mode::Record) {
             for c in &rules.cidrs {
@@ -353,6 +436,7 @@ mod tests {
         let nft = Nft::new("abcd1234", "habcd1234", range, None);
         let mut r = SandboxRules::deny_all("sb");
         r.mode = Mode::Open;
+        // Without a proxy/DNS server, DNS is not redirected.
         assert_eq!(nft.elements_for("h1", &r), vec!["mode { \"h1\" : accept }"]);
         r.mode = Mode::Allowlist;
         r.cidrs.push(CidrRule {
@@ -381,7 +465,14 @@ mod tests {
         let nft = Nft::new("abcd1234", "habcd1234", range, proxy);
         let mut r = SandboxRules::deny_all("sb");
         r.mode = Mode::Open;
-        assert_eq!(nft.elements_for("h1", &r), vec!["mode { \"h1\" : accept }"]);
+        // DNS to hull's resolver in `open` too; `none` gets nothing.
+        assert_eq!(
+            nft.elements_for("h1", &r),
+            vec!["mode { \"h1\" : accept }", "resolved { \"h1\" }"]
+        );
+        r.mode = Mode::None;
+        assert!(nft.elements_for("h1", &r).is_empty());
+        r.mode = Mode::Open;
         r.headers.push(crate::rules::HeaderRule {
             pattern: crate::rules::DomainPattern::parse("api.example.com").unwrap(),
             set: vec![("authorization".into(), "Bearer x".into())],
@@ -389,5 +480,34 @@ mod tests {
         let e = nft.elements_for("h1", &r);
         assert!(e.contains(&"mode { \"h1\" : accept }".to_string()), "{e:?}");
         assert!(e.contains(&"redirected { \"h1\" }".to_string()), "{e:?}");
+
+        // Drops are counted; with a log group also reported, rate-limited.
+        let plain = nft.ruleset();
+        assert!(!plain.contains(" log "), "{plain}");
+        assert_eq!(plain.matches("counter drop").count(), 8, "{plain}");
+        let nft = nft.with_log_group(Some(4242));
+        let logged = nft.ruleset();
+        for (chain, prefix) in [
+            ("deny_host", DENY_HOST),
+            ("deny_blocked", DENY_BLOCKED),
+            ("deny_sandbox", DENY_SANDBOX),
+            ("deny_policy", DENY_POLICY),
+        ] {
+            assert!(
+                logged.contains(&format!("counter goto {chain}\n")),
+                "{logged}"
+            );
+            assert!(
+                logged.contains(&format!("log prefix \"{prefix}\" group 4242 snaplen")),
+                "{logged}"
+            );
+        }
+        assert!(
+            logged.contains(&format!("limit rate {LOG_RATE} }}")),
+            "{logged}"
+        );
+        // Not reported: spoofed sources, outsiders at the proxy ports, and
+        // traffic into sandboxes.
+        assert_eq!(logged.matches("counter drop").count(), 3, "{logged}");
     }
 }

@@ -51,6 +51,9 @@ pub struct NetConfig {
     pub range6: Option<Ipv6Net>,
     pub pool_size: usize,
     pub proxy: Option<ProxyPorts>,
+    /// The NFLOG group the firewall reports drops to
+    /// ([`crate::nflog::NflogSocket::group`]); `None`: drops are only counted.
+    pub log_group: Option<u16>,
 }
 
 /// One sandbox's network: its namespace and addresses.
@@ -148,7 +151,8 @@ impl NetHost {
         }
         let prefix = ifprefix(&cfg.instance);
         let held = addr::acquire(&cfg.state_dir, cfg.range4, cfg.range6, &prefix)?;
-        let nft = Nft::new(&cfg.instance, &prefix, held.range, cfg.proxy);
+        let nft =
+            Nft::new(&cfg.instance, &prefix, held.range, cfg.proxy).with_log_group(cfg.log_group);
         nft.create()?;
         link::enable_forwarding()?;
         let mut stale = String::new();
@@ -272,6 +276,21 @@ impl NetHost {
         Ok(slot)
     }
 
+    /// Give a running sandbox that has no slot (created with `none`: a
+    /// namespace of its own with only `lo`) one, in place: a veth pair into
+    /// the namespace of its init `pid`, addressed and routed like a pooled
+    /// slot, under `rules`. Blocking.
+    pub fn attach(&self, pid: i32, rules: &SandboxRules) -> Result<Slot, NetError> {
+        let ns = hull_sys::netns::of_pid(pid).map_err(|source| NetError::Sys {
+            what: "opening the sandbox's network namespace",
+            source,
+        })?;
+        let index = self.inner.alloc()?;
+        self.inner.wire(index, ns, rules).inspect_err(|_| {
+            self.inner.lock().used.remove(&index);
+        })
+    }
+
     /// Stop the pool thread, delete ready slots and pending releases, and
     /// (with `drop_table`) the nftables table.
     pub fn close(&self, drop_table: bool) {
@@ -307,14 +326,31 @@ impl Inner {
     /// Build slot `index` (blocking; moves the calling thread into the new
     /// namespace and back).
     fn make(&self, index: u32) -> Result<Slot, NetError> {
+        let ns = {
+            let (guard, ns) = NetnsGuard::enter_new().map_err(|source| NetError::Sys {
+                what: "creating a network namespace",
+                source,
+            })?;
+            drop(guard);
+            ns
+        };
+        let mut open = SandboxRules::deny_all("");
+        open.mode = Mode::Open;
+        self.wire(index, ns, &open)
+    }
+
+    /// Give namespace `ns` slot `index`'s veth pair, addresses and routes,
+    /// with `rules` in the firewall before the host end comes up (so a
+    /// namespace with processes in it is never reachable unruled).
+    fn wire(&self, index: u32, ns: OwnedFd, rules: &SandboxRules) -> Result<Slot, NetError> {
         let ifname = format!("{}{index:x}", self.ifprefix);
         let a = self.held.range.slot(index);
         if Path::new("/sys/class/net").join(&ifname).exists() {
             ip_batch(&format!("link del {ifname}\n"), true)?;
         }
-        let ns = {
-            let (guard, ns) = NetnsGuard::enter_new().map_err(|source| NetError::Sys {
-                what: "creating a network namespace",
+        {
+            let guard = NetnsGuard::enter(ns.as_fd()).map_err(|source| NetError::Sys {
+                what: "entering a network namespace",
                 source,
             })?;
             let inside = (|| {
@@ -341,33 +377,37 @@ route add default via {h6} dev eth0
                 )
             })();
             drop(guard);
-            inside?;
-            ns
-        };
-        let host = ip_batch(
-            &format!(
-                "addr add {h4}/30 dev {ifname}
+            if let Err(e) = inside {
+                if Path::new("/sys/class/net").join(&ifname).exists() {
+                    let _ = ip_batch(&format!("link del {ifname}\n"), true);
+                }
+                return Err(e);
+            }
+        }
+        let host = self.nft.apply(&ifname, rules).and_then(|()| {
+            ip_batch(
+                &format!(
+                    "addr add {h4}/30 dev {ifname}
 addr add {h6}/64 dev {ifname} nodad
 link set {ifname} up
 ",
-                h4 = a.host4,
-                h6 = a.host6
-            ),
-            false,
-        );
-        let slot = Slot {
-            index,
-            ifname: ifname.clone(),
-            addrs: a,
-            netns: Arc::new(ns),
-        };
-        let mut open = SandboxRules::deny_all("");
-        open.mode = Mode::Open;
-        if let Err(e) = host.and_then(|()| self.nft.apply(&ifname, &open)) {
+                    h4 = a.host4,
+                    h6 = a.host6
+                ),
+                false,
+            )
+        });
+        if let Err(e) = host {
+            let _ = self.nft.forget(&ifname);
             let _ = ip_batch(&format!("link del {ifname}\n"), true);
             return Err(e);
         }
-        Ok(slot)
+        Ok(Slot {
+            index,
+            ifname,
+            addrs: a,
+            netns: Arc::new(ns),
+        })
     }
 
     fn delete(&self, index: u32, ifname: &str) {

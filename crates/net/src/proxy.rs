@@ -30,7 +30,16 @@
 //!    sandbox never reaches the network (no interceptor: refused).
 //! 5. Otherwise both directions are copied until each side has closed its
 //!    half (half-close is passed on), with an idle timeout and a total
-//!    lifetime.
+//!    lifetime. The copy is `splice(2)` through a pipe per direction (up
+//!    to 1 MiB; the bytes stay in the kernel), in one task per
+//!    connection. The proxy's end of the sandbox connection uses
+//!    [`ProxyConfig::sandbox_congestion_control`] (`cubic`): with BBR, a
+//!    common system default, every send on that host-local hop is paced
+//!    by timers, which made the proxied path cost about 25 % more CPU per
+//!    byte in the throughput benchmark. Even so, a proxied byte costs
+//!    more CPU than a forwarded one (the kernel runs TCP twice, into the
+//!    proxy and out of it), so where all CPUs are busy a bulk download
+//!    through the proxy is slower than a forwarded one.
 //!
 //! Refusals are reported to the [`EventSink`] (`proto` `tls`, `http` or
 //! `tcp`) and logged at info. A refused plain HTTP request gets a `403`
@@ -72,6 +81,7 @@
 //! connection must stay NATed by conntrack for `SO_ORIGINAL_DST` to work.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::pin::Pin;
@@ -82,7 +92,7 @@ use std::time::Duration;
 use std::os::fd::OwnedFd;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
-use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -179,7 +189,20 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Connections open at once per sandbox.
     pub max_connections_per_sandbox: usize,
+    /// TCP congestion control of the proxy's end of each sandbox
+    /// connection (the host-local veth hop, on which the proxy sends what
+    /// the sandbox downloads); `None` keeps the system default. The
+    /// default, [`SANDBOX_CONGESTION_CONTROL`], avoids the per-packet
+    /// pacing timers of BBR (a common system default), which cost CPU and
+    /// throughput on a hop that has no bottleneck to probe. Upstream
+    /// connections keep the system default. A name the kernel does not
+    /// have is ignored (logged at debug).
+    pub sandbox_congestion_control: Option<String>,
 }
+
+/// The default [`ProxyConfig::sandbox_congestion_control`]: Linux's
+/// default algorithm, built into nearly every kernel.
+pub const SANDBOX_CONGESTION_CONTROL: &str = "cubic";
 
 impl Default for ProxyConfig {
     fn default() -> ProxyConfig {
@@ -190,6 +213,7 @@ impl Default for ProxyConfig {
             max_lifetime: Duration::from_secs(24 * 3600),
             max_connections: 8192,
             max_connections_per_sandbox: 1024,
+            sandbox_congestion_control: Some(SANDBOX_CONGESTION_CONTROL.to_string()),
         }
     }
 }
@@ -372,7 +396,7 @@ impl EgressProxy {
             );
             return;
         };
-        let _ = stream.set_nodelay(true);
+        tune_sandbox_socket(&stream, &self.cfg);
         self.decide(stream, orig, rules).await;
     }
 
@@ -550,7 +574,7 @@ impl EgressProxy {
             return;
         }
         if replay || rules.intercepts(&name) {
-            let Some(icpt) = self.interceptor.clone() else {
+            if self.interceptor.is_none() {
                 self.deny(
                     &rules,
                     p,
@@ -559,20 +583,8 @@ impl EgressProxy {
                 );
                 refuse(stream, how, &rules, &dest).await;
                 return;
-            };
-            self.stats.intercepted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(sandbox = %rules.sandbox_id, %dest, "egress proxy: intercepted");
-            icpt.intercept(Intercepted {
-                stream,
-                name,
-                port,
-                orig_dst: orig,
-                proto,
-                rules,
-                resolver: self.resolver.clone(),
-                events: self.events.clone(),
-            })
-            .await;
+            }
+            self.hand_over(stream, name, port, orig, proto, rules).await;
             return;
         }
         match self.resolver.connect(&name, port, &rules).await {
@@ -683,21 +695,7 @@ impl EgressProxy {
                         Ok(Ok(1)) => AppProto::Http,
                         _ => return,
                     };
-                let Some(icpt) = self.interceptor.clone() else {
-                    return;
-                };
-                self.stats.intercepted.fetch_add(1, Ordering::Relaxed);
-                icpt.intercept(Intercepted {
-                    stream,
-                    name,
-                    port,
-                    orig_dst: orig,
-                    proto,
-                    rules,
-                    resolver: self.resolver.clone(),
-                    events: self.events.clone(),
-                })
-                .await;
+                self.hand_over(stream, name, port, orig, proto, rules).await;
             }
         }
     }
@@ -749,6 +747,35 @@ impl EgressProxy {
             return;
         }
         self.splice(stream, up, &rules, &dest).await;
+    }
+
+    /// Give the connection to the interceptor (the caller has checked
+    /// that there is one; without, the connection is closed).
+    async fn hand_over(
+        &self,
+        stream: TcpStream,
+        name: String,
+        port: u16,
+        orig: SocketAddr,
+        proto: AppProto,
+        rules: Arc<SandboxRules>,
+    ) {
+        let Some(icpt) = self.interceptor.clone() else {
+            return;
+        };
+        self.stats.intercepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(sandbox = %rules.sandbox_id, %name, port, "egress proxy: intercepted");
+        icpt.intercept(Intercepted {
+            stream,
+            name,
+            port,
+            orig_dst: orig,
+            proto,
+            rules,
+            resolver: self.resolver.clone(),
+            events: self.events.clone(),
+        })
+        .await;
     }
 
     fn deny(&self, rules: &SandboxRules, proto: &'static str, dest: String, reason: String) {
@@ -857,6 +884,17 @@ async fn peeked_len(stream: &TcpStream, buf: &mut [u8]) -> usize {
     match tokio::time::timeout(Duration::from_millis(10), stream.peek(buf)).await {
         Ok(Ok(n)) => n,
         _ => 0,
+    }
+}
+
+/// Socket options of the proxy's end of a sandbox connection: no Nagle
+/// delay (interactive protocols), and the configured congestion control.
+fn tune_sandbox_socket(stream: &TcpStream, cfg: &ProxyConfig) {
+    let _ = stream.set_nodelay(true);
+    if let Some(cc) = &cfg.sandbox_congestion_control
+        && let Err(e) = setsockopt(stream, sockopt::TcpCongestion, &OsString::from(cc))
+    {
+        tracing::debug!(cc = %cc, error = %e, "egress proxy: congestion control not set");
     }
 }
 
@@ -1085,6 +1123,107 @@ mod tests {
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"response");
         assert_eq!(task.await.unwrap(), (7, 8));
+    }
+
+    /// A byte pattern that a dropped, repeated or reordered chunk breaks.
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+            .collect()
+    }
+
+    /// Several MiB each way at once, with a reader that is slow at times
+    /// (so pipes and socket buffers fill and writes block): every byte
+    /// arrives, in order, and is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn splice_moves_bulk_both_ways_intact() {
+        const N: usize = 6 << 20;
+        let (client, proxy_side) = pair().await;
+        let (up, server) = pair().await;
+        let task = tokio::spawn(splice(
+            proxy_side,
+            up,
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        ));
+        let send_recv = |s: TcpStream, seed: u8| async move {
+            let (mut r, mut w) = s.into_split();
+            let writer = tokio::spawn(async move {
+                for c in pattern(seed, N).chunks(100_003) {
+                    w.write_all(c).await.unwrap();
+                }
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::with_capacity(N);
+            let mut b = vec![0u8; 7_919];
+            loop {
+                match r.read(&mut b).await.unwrap() {
+                    0 => break,
+                    n => got.extend_from_slice(&b[..n]),
+                }
+                if got.len().is_multiple_of(7) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            writer.await.unwrap();
+            got
+        };
+        let (at_client, at_server) = tokio::join!(send_recv(client, 0x5a), send_recv(server, 0xa5));
+        assert!(
+            at_server == pattern(0x5a, N),
+            "client -> server bytes differ"
+        );
+        assert!(
+            at_client == pattern(0xa5, N),
+            "server -> client bytes differ"
+        );
+        assert_eq!(task.await.unwrap(), (N as u64, N as u64));
+    }
+
+    #[tokio::test]
+    async fn sandbox_socket_gets_the_configured_congestion_control() {
+        let available =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+                .unwrap_or_default();
+        let cc = |s: &TcpStream| {
+            getsockopt(s, sockopt::TcpCongestion)
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        let (c, s) = pair().await;
+        let before = cc(&s);
+        // An algorithm the kernel lacks is ignored: the socket keeps its own.
+        let cfg = ProxyConfig {
+            sandbox_congestion_control: Some("no-such-algorithm".into()),
+            ..ProxyConfig::default()
+        };
+        tune_sandbox_socket(&s, &cfg);
+        assert_eq!(cc(&s), before);
+        assert!(s.nodelay().unwrap());
+        // None: the system default stays.
+        let (_c2, s2) = pair().await;
+        let before2 = cc(&s2);
+        let cfg = ProxyConfig {
+            sandbox_congestion_control: None,
+            ..ProxyConfig::default()
+        };
+        tune_sandbox_socket(&s2, &cfg);
+        assert_eq!(cc(&s2), before2);
+        // The default applies wherever the kernel has it and may hand it
+        // out (CAP_NET_ADMIN, or listed as allowed to everyone).
+        let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+            .unwrap_or_default();
+        let listed = |l: &str| {
+            l.split_whitespace()
+                .any(|a| a == SANDBOX_CONGESTION_CONTROL)
+        };
+        if listed(&available) && (listed(&allowed) || nix::unistd::geteuid().is_root()) {
+            tune_sandbox_socket(&s, &ProxyConfig::default());
+            assert_eq!(cc(&s), SANDBOX_CONGESTION_CONTROL);
+        }
+        drop(c);
     }
 
     #[tokio::test]

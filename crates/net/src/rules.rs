@@ -337,7 +337,9 @@ impl Registry {
 /// What was refused, for the caller to see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
-    /// `tcp`, `udp`, `dns`, `http`, `tls`.
+    /// `tcp`, `udp`, `dns`, `http`, `tls` (the proxy and DNS server); from
+    /// the firewall also `icmp`, `icmpv6`, `sctp`, `udplite`, `igmp`,
+    /// `gre`, `esp`, or `ip` for any other protocol.
     pub proto: &'static str,
     /// The destination as the sandbox asked for it: `example.com:443`,
     /// `10.1.2.3:5432`, a DNS name.

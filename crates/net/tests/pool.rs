@@ -76,6 +76,7 @@ fn pool_policies_and_cleanup() {
             range6: None,
             pool_size: 2,
             proxy: None,
+            log_group: None,
         },
         &[],
     )

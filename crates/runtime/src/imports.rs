@@ -50,6 +50,29 @@ const DRAIN: u64 = 64 << 20;
 /// Largest image archive `import_template` takes (64 GiB).
 pub const MAX_IMAGE_ARCHIVE: u64 = 64 << 30;
 
+/// The attachment that carries a snapshot's network cassette.
+const CASSETTE_ATTACHMENT: &str = "network.hcas";
+
+/// Move `from` to `to` (a rename, else a copy when they are on different
+/// filesystems), private to the daemon.
+fn place_file(from: &std::path::Path, to: &std::path::Path) -> Result<(), ApiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| {
+        ApiError::internal(format!(
+            "placing {} at {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    };
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    if std::fs::rename(from, to).is_err() {
+        std::fs::copy(from, to).map_err(fail)?;
+    }
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(fail)
+}
+
 /// The manifest `meta` key naming the snapshot's id where it was exported.
 const META_ID: &str = "id";
 const META_NAME: &str = "name";
@@ -401,15 +424,28 @@ impl Runtime {
         let ids = self.id_map();
         let (tx, rx) = mpsc::channel(8);
         let id = rec.id.clone();
+        let cassette = hull_net::cassette::snapshot_path(&self.net.state_dir, &rec.id);
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let mut w = ChannelWriter {
                 tx: tx.clone(),
                 buf: Vec::new(),
             };
-            let r = archive::export_snapshot(&manifest, &layers, ids, &mut w, &mut |_| {})
-                .map_err(|e| std::io::Error::other(error_chain(&e)))
-                .and_then(|_| w.flush());
+            let attachments: Vec<(&str, &std::path::Path)> = if cassette.is_file() {
+                vec![(CASSETTE_ATTACHMENT, cassette.as_path())]
+            } else {
+                Vec::new()
+            };
+            let r = archive::export_snapshot(
+                &manifest,
+                &layers,
+                &attachments,
+                ids,
+                &mut w,
+                &mut |_| {},
+            )
+            .map_err(|e| std::io::Error::other(error_chain(&e)))
+            .and_then(|_| w.flush());
             match r {
                 Ok(()) => tracing::info!(snapshot = %id, "exported"),
                 Err(e) => {
@@ -441,8 +477,9 @@ impl Runtime {
         let templates = self.host.templates().clone();
         let (sid2, dir) = (sid.clone(), staging.0.clone());
         let mut input = tokio_util::io::SyncIoBridge::new(input);
+        let cassette = hull_net::cassette::snapshot_path(&self.net.state_dir, &sid);
         let (manifest, parts) = tokio::task::spawn_blocking(move || {
-            let (manifest, uppers) =
+            let (manifest, uppers, attached) =
                 archive::import_snapshot(&mut input, &dir, ids, &Limits::default(), &mut |_| {})
                     .map_err(|e| {
                         // Read (and drop) a bounded rest of the upload, so
@@ -502,7 +539,17 @@ impl Runtime {
             }
             crate::validate_labels(&labels)
                 .map_err(|e| ApiError::invalid(format!("the snapshot's labels: {}", e.message)))?;
-            Runtime::commit_parts(&*store, &sid2, &uppers, &below, &meta)?;
+            // The cassette first: once the parts are committed the
+            // snapshot exists, and a replay from it must find it.
+            for (name, file) in &attached {
+                if name == CASSETTE_ATTACHMENT {
+                    place_file(file, &cassette)?;
+                }
+            }
+            if let Err(e) = Runtime::commit_parts(&*store, &sid2, &uppers, &below, &meta) {
+                let _ = std::fs::remove_file(&cassette);
+                return Err(e);
+            }
             Ok((manifest, uppers.len()))
         })
         .await

@@ -6,9 +6,9 @@
 //! turned into (rate-limited) sandbox events.
 //!
 //! A sandbox created with `none` gets a bare namespace with only `lo` (no
-//! pool slot, no firewall state), so it cannot later be switched to a mode
-//! that needs an interface (409: recreate it instead). A networked sandbox
-//! can be narrowed to `none` and widened again.
+//! pool slot, no firewall state); widening it later gives that namespace a
+//! veth pair in place ([`NetHost::attach`], ~10 ms). A networked sandbox
+//! narrowed to `none` keeps its interface, with every packet dropped.
 //!
 //! Limits: when the host cannot do networking (not root, no `ip` or `nft`)
 //! the defaults fall back to `none` with a warning, and an explicit request
@@ -80,7 +80,7 @@ pub(crate) struct Net {
     slots: Mutex<HashMap<String, Slot>>,
     pub(crate) registry: Arc<Registry>,
     instance: String,
-    state_dir: std::path::PathBuf,
+    pub(crate) state_dir: std::path::PathBuf,
     /// Rate limit of denied events: sandbox id -> (window start, count).
     denied: Mutex<HashMap<String, (Instant, u32)>>,
     /// The egress proxy's and DNS server's tasks.
@@ -88,6 +88,17 @@ pub(crate) struct Net {
     /// The TLS interceptor (header rules, record, replay), when the
     /// boundary runs and it could be made.
     icpt: Mutex<Option<Arc<hull_net::intercept::Interceptor>>>,
+    /// The NFLOG socket firewall drops are reported to.
+    nflog: Mutex<NflogState>,
+}
+
+/// The NFLOG socket: bound before the first table is made (its group goes
+/// into the rules), read once the runtime runs, kept across resets.
+#[derive(Default)]
+struct NflogState {
+    tried: bool,
+    group: Option<u16>,
+    sock: Option<hull_net::nflog::NflogSocket>,
 }
 
 fn net_error(e: NetError) -> ApiError {
@@ -119,6 +130,7 @@ impl Net {
             denied: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             icpt: Mutex::new(None),
+            nflog: Mutex::new(NflogState::default()),
         };
         if !cfg.enabled {
             *net.unavailable.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -157,10 +169,31 @@ impl Net {
                 range6,
                 pool_size: self.cfg.pool_size,
                 proxy: self.cfg.proxy,
+                log_group: self.nflog_group(),
             },
             keep,
         )
         .map_err(|e| error_chain(&e))
+    }
+
+    /// The NFLOG group firewall drops are reported to, binding it on first
+    /// use; `None` (drops only counted) when the kernel has no nfnetlink_log.
+    fn nflog_group(&self) -> Option<u16> {
+        let mut st = self.nflog.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.tried {
+            st.tried = true;
+            match hull_net::nflog::NflogSocket::bind(&self.instance) {
+                Ok(s) => {
+                    st.group = Some(s.group());
+                    st.sock = Some(s);
+                }
+                Err(e) => tracing::warn!(
+                    error = %error_chain(&e),
+                    "firewall drops are counted, not reported as sandbox events"
+                ),
+            }
+        }
+        st.group
     }
 
     pub(crate) fn host(&self) -> Option<NetHost> {
@@ -441,17 +474,22 @@ impl Runtime {
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(net_error)?;
         let (slot, rules) = slot;
+        let ns = slot.netns.clone();
+        self.net_hold(e, slot, rules);
+        Ok(Some(ns))
+    }
+
+    /// Sandbox `e` holds `slot` under `rules` from now on.
+    fn net_hold(&self, e: &Entry, slot: Slot, rules: SandboxRules) {
         self.net
             .registry
             .set(&slot.sandbox_addrs(), Arc::new(rules));
-        let ns = slot.netns.clone();
         e.record().net_slot = Some(slot.index);
         self.net
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, slot);
-        Ok(Some(ns))
+            .insert(e.id(), slot);
     }
 
     /// After a sandbox's processes are gone: its slot back to the pool.
@@ -570,29 +608,38 @@ impl Runtime {
             )));
         }
         let slot = self.net.slot_of(&sid);
-        match (&slot, policy.mode.needs_network()) {
-            (None, false) => {}
-            (None, true) => {
-                return Err(ApiError::conflict(format!(
-                    "sandbox {sid} was created with network none and has no interface: create a new sandbox with network {}",
-                    policy.mode
-                )));
-            }
-            (Some(slot), _) => {
-                let host = self.net.host().ok_or_else(|| {
-                    ApiError::unavailable("sandbox networking is unavailable".to_string())
-                })?;
-                let born = e.record().sandbox.snapshot.clone();
-                let rules = self.compile(&sid, &policy, born.as_deref())?;
-                let s = slot.clone();
-                let r2 = rules.clone();
-                tokio::task::spawn_blocking(move || host.apply(&s, &r2))
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-                    .map_err(net_error)?;
-                self.net
-                    .registry
-                    .set(&slot.sandbox_addrs(), Arc::new(rules));
+        if slot.is_some() || policy.mode.needs_network() {
+            let host = self.net.host().ok_or_else(|| {
+                ApiError::unavailable(format!(
+                    "sandbox networking is unavailable: {}",
+                    self.net.unavailable().unwrap_or_default()
+                ))
+            })?;
+            let born = e.record().sandbox.snapshot.clone();
+            let rules = self.compile(&sid, &policy, born.as_deref())?;
+            let r2 = rules.clone();
+            match slot {
+                Some(slot) => {
+                    let s = slot.clone();
+                    tokio::task::spawn_blocking(move || host.apply(&s, &r2))
+                        .await
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .map_err(net_error)?;
+                    self.net
+                        .registry
+                        .set(&slot.sandbox_addrs(), Arc::new(rules));
+                }
+                None => {
+                    // Created with `none`: its namespace gets an interface now.
+                    let pid = e.record().sandbox.pid.ok_or_else(|| {
+                        ApiError::conflict(format!("sandbox {sid} has no running init process"))
+                    })?;
+                    let slot = tokio::task::spawn_blocking(move || host.attach(pid, &r2))
+                        .await
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .map_err(net_error)?;
+                    self.net_hold(&e, slot, rules);
+                }
             }
         }
         {
@@ -668,6 +715,7 @@ impl Runtime {
     /// networking is up): they decide with the runtime's registry and
     /// report denials as sandbox events.
     pub(crate) fn start_boundary(self: &Arc<Self>, listeners: Option<BoundaryListeners>) {
+        self.start_nflog();
         let (Some(l), Some(host)) = (listeners, self.net.host()) else {
             return;
         };
@@ -740,6 +788,30 @@ impl Runtime {
                 Err(e) => tracing::warn!(error = %e, "DNS server (tcp) not started"),
             }
         }));
+    }
+
+    /// Report the firewall's drops (read from the NFLOG socket) as events.
+    fn start_nflog(self: &Arc<Self>) {
+        let sock = self
+            .net
+            .nflog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sock
+            .take();
+        let Some(sock) = sock else { return };
+        let (registry, sink) = (self.net.registry.clone(), self.event_sink());
+        let group = sock.group();
+        self.net
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tokio::spawn(async move {
+                tracing::debug!(group, "reporting firewall drops from NFLOG");
+                if let Err(e) = sock.serve(registry, sink).await {
+                    tracing::warn!(error = %error_chain(&e), "firewall drop reports stopped");
+                }
+            }));
     }
 
     /// Stop the proxy and DNS tasks.

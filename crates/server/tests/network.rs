@@ -11,7 +11,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::StatusCode;
-use common::{App, Fixture, call, error_kind, privileged};
+use common::{App, Fixture, call, call_with, error_kind, privileged};
 use hull_api::{ExecRequest, HostInfo, Sandbox, SandboxNetwork};
 use hull_testkit::fakenet::{FakeInternet, net_leftovers};
 
@@ -191,15 +191,34 @@ async fn policies_end_to_end() {
         !ok(&f, &cidr.id, "tcp", FakeInternet::WEB6, 80).await,
         "v6 not listed"
     );
-    // A denied TCP connection is an event naming its destination.
-    let (_, b) = call(
-        &app,
-        "GET",
-        &format!("/v1/sandboxes/{}", cidr.id),
-        Body::empty(),
-    )
-    .await;
-    let sbx: Sandbox = serde_json::from_slice(&b).unwrap();
+    assert!(
+        !ok(&f, &cidr.id, "udp", FakeInternet::OTHER4, 5353).await,
+        "udp to an address not listed"
+    );
+    // A denied TCP connection is an event naming its destination; so is
+    // UDP the firewall drops (reported from its log, asynchronously: a
+    // bounded wait).
+    let mut sbx: Sandbox;
+    let mut tries = 0;
+    loop {
+        let (_, b) = call(
+            &app,
+            "GET",
+            &format!("/v1/sandboxes/{}", cidr.id),
+            Body::empty(),
+        )
+        .await;
+        sbx = serde_json::from_slice(&b).unwrap();
+        let udp = sbx.events.iter().any(|e| {
+            e.kind == "network_denied" && e.message.starts_with("udp 198.51.100.20:5353: ")
+        });
+        tries += 1;
+        if udp || tries == 50 {
+            assert!(udp, "no udp denial event: {:#?}", sbx.events);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(
         sbx.events
             .iter()
@@ -310,15 +329,26 @@ async fn policies_end_to_end() {
     assert_eq!(error_kind(&b), "not_found");
     let (s, _) = call(&app, "PUT", "/v1/sandboxes/nosuch/network", r#""none""#).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    // A sandbox created with none has no interface to widen.
+    // A sandbox created with none is widened in place: its namespace gets
+    // an interface, under the new policy at once.
     let (s, b) = call(
         &app,
         "PUT",
         &format!("/v1/sandboxes/{}/network", rollout.id),
-        r#""open""#,
+        r#""allow:198.51.100.10/32:80""#,
     )
     .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let n: SandboxNetwork = serde_json::from_slice(&b).unwrap();
+    assert_eq!(n.addresses.len(), 2, "{n:?}");
+    assert!(
+        ok(&f, &rollout.id, "tcp", FakeInternet::WEB4, 80).await,
+        "widened none reaches its allowed address"
+    );
+    assert!(
+        !ok(&f, &rollout.id, "tcp", FakeInternet::OTHER4, 80).await,
+        "widened none reaches only what it allows"
+    );
     let (s, _) = call(
         &app,
         "POST",
@@ -342,6 +372,23 @@ async fn policies_end_to_end() {
     assert!(
         ok(&f, &cidr.id, "tcp", FakeInternet::WEB4, 80).await,
         "allowlist after restart"
+    );
+    assert!(
+        ok(&f, &rollout.id, "tcp", FakeInternet::WEB4, 80).await,
+        "widened none after restart"
+    );
+    // ... and narrowed again: nothing.
+    let (s, _) = call(
+        &app,
+        "PUT",
+        &format!("/v1/sandboxes/{}/network", rollout.id),
+        r#""none""#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        !ok(&f, &rollout.id, "tcp", FakeInternet::WEB4, 80).await,
+        "narrowed back to none"
     );
     let (_, b) = call(
         &app,
@@ -488,6 +535,44 @@ async fn interception_is_wired_into_the_daemon() {
         "{:?}",
         sb.events
     );
+
+    // Export and import: the cassette travels with the snapshot, and a
+    // replay from the imported copy uses it.
+    let (s, archive) = call(
+        &app,
+        "GET",
+        &format!("/v1/snapshots/{}/export", snap.id),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = call_with(
+        &app,
+        "POST",
+        "/v1/snapshots/import?name=travelled",
+        &[("content-type", "application/zstd")],
+        archive,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let copy: hull_api::Snapshot = serde_json::from_slice(&b).unwrap();
+    let copy_tape = state.join(format!("net/cassettes/snap-{}.hcas", copy.id));
+    assert_eq!(
+        std::fs::read(&copy_tape).expect("the imported snapshot's cassette"),
+        std::fs::read(&tape).unwrap()
+    );
+    let rep2 = create(&app, r#"{"from":"travelled","network":"replay"}"#).await;
+    let (s, b) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/sandboxes/{}", rep2.id),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    let (s, _) = call(&app, "DELETE", "/v1/snapshots/travelled", Body::empty()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(!copy_tape.exists());
 
     // Removal: CA, recording and the snapshot's cassette go.
     for id in [&rep.id, &rec.id] {

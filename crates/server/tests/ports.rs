@@ -504,6 +504,14 @@ async fn expose_proxy_http_websocket_and_tcp() {
         "{}",
         String::from_utf8_lossy(&raw)
     );
+    // A service listening on ::1 only is reached too (127.0.0.1 refuses).
+    let (s, _, b) = req(addr, tk, "POST", &base, r#"{"port":8083}"#).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = req(addr, tk, "GET", &format!("{base}/8083/http/echo"), "").await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json(&b)["method"], "GET");
+    let (s, _, _) = req(addr, tk, "DELETE", &format!("{base}/8083"), "").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
 
     // Many concurrent connections, HTTP and TCP.
     let mut set = tokio::task::JoinSet::new();

@@ -106,7 +106,12 @@ mod tests {
     #[test]
     fn enter_and_return() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root");
+            assert_ne!(
+                std::env::var("HULL_TEST_PRIVILEGED").as_deref(),
+                Ok("1"),
+                "needs root"
+            );
+            eprintln!("SKIP enter_and_return: needs root");
             return;
         }
         let home = current().unwrap();

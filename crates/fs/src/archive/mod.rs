@@ -75,6 +75,10 @@
 //!    `user.*` attributes as `SCHILY.xattr.<name>` PAX records, modification
 //!    times with nanoseconds as PAX `mtime` records, hardlinks naming an
 //!    earlier path of the same part. An empty part has no entries.
+//! 3. Then, optionally, attachments: regular files `attachments/<name>`,
+//!    each name of [`ATTACHMENTS`] at most once, each at most
+//!    [`MAX_ATTACHMENT_LEN`] bytes (`network.hcas`: the network cassette
+//!    recorded with the snapshot, replayed by sandboxes made from it).
 //!
 //! Anything else (another name, a part index out of range, a hardlink into
 //! another part, a missing or late manifest) is refused. The importer
@@ -112,8 +116,8 @@ pub use export::write_layers;
 pub use image::{ImageConfig, ImportProgress, import_image};
 pub use prune::prune_whiteouts;
 pub use snapshot::{
-    MAX_MANIFEST_LEN, MAX_PARTS, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SnapshotManifest,
-    export_snapshot, import_snapshot,
+    ATTACHMENTS, Imported, MAX_ATTACHMENT_LEN, MAX_MANIFEST_LEN, MAX_PARTS, SNAPSHOT_FORMAT,
+    SNAPSHOT_VERSION, SnapshotManifest, export_snapshot, import_snapshot,
 };
 
 /// How ids in an archive relate to ids on the host: archive id `n` is host

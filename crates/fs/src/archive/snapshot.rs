@@ -31,6 +31,13 @@ const MAX_META_VALUE: usize = 4096;
 const MAX_TARGET_LEN: usize = 4096;
 /// zstd level of exports.
 const ZSTD_LEVEL: i32 = 3;
+/// The directory of attachments in the stream.
+const ATTACHMENT_DIR: &str = "attachments";
+/// The files a snapshot may carry besides its parts, as
+/// `attachments/<name>`: the network cassette recorded with it.
+pub const ATTACHMENTS: &[&str] = &["network.hcas"];
+/// Largest attachment (4 GiB).
+pub const MAX_ATTACHMENT_LEN: u64 = 4 << 30;
 
 /// The first entry of a snapshot export: what the parts are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,11 +164,13 @@ impl<W: Write> Write for Counted<W> {
 
 /// Write a snapshot export to `out`: `manifest`, then for part `n` the
 /// stack `parts[n]` (layer directories, nearest first; see
-/// [`write_layers`]), zstd-compressed. `progress` gets the bytes of file
+/// [`write_layers`]), then each attachment (a name of [`ATTACHMENTS`] and
+/// the file to read it from), zstd-compressed. `progress` gets the bytes of file
 /// data written so far; returns the bytes written to `out`.
 pub fn export_snapshot<W: Write>(
     manifest: &SnapshotManifest,
     parts: &[Vec<PathBuf>],
+    attachments: &[(&str, &Path)],
     ids: IdMap,
     out: W,
     progress: &mut dyn FnMut(u64),
@@ -175,6 +184,13 @@ pub fn export_snapshot<W: Write>(
             parts.len(),
             manifest.parts.len()
         )));
+    }
+    for (i, (name, _)) in attachments.iter().enumerate() {
+        if !ATTACHMENTS.contains(name) || attachments[..i].iter().any(|(n, _)| n == name) {
+            return Err(ArchiveError::InvalidArgument(format!(
+                "attachment {name:?}: a snapshot carries each of {ATTACHMENTS:?} at most once"
+            )));
+        }
     }
     let json = serde_json::to_vec_pretty(manifest)
         .map_err(|e| ArchiveError::InvalidArgument(format!("the manifest: {e}")))?;
@@ -195,6 +211,30 @@ pub fn export_snapshot<W: Write>(
             progress(base + b)
         })?;
     }
+    for (name, path) in attachments {
+        let mut f = fs::File::open(path).map_err(super::io_error("opening", path))?;
+        let len = f
+            .metadata()
+            .map_err(super::io_error("reading", path))?
+            .len();
+        if len > MAX_ATTACHMENT_LEN {
+            return Err(ArchiveError::InvalidArgument(format!(
+                "attachment {name} holds {len} bytes; at most {MAX_ATTACHMENT_LEN} are allowed"
+            )));
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path(format!("{ATTACHMENT_DIR}/{name}"))
+            .map_err(ArchiveError::Write)?;
+        h.set_size(len);
+        h.set_mode(0o600);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        // Exactly `len` bytes: a file that grew meanwhile is cut there.
+        tar.append(&h, (&mut f).take(len))
+            .map_err(ArchiveError::Write)?;
+        done += len;
+        progress(done);
+    }
     let enc = tar.into_inner().map_err(ArchiveError::Write)?;
     let mut counted = enc.finish().map_err(ArchiveError::Write)?;
     counted.flush().map_err(ArchiveError::Write)?;
@@ -203,8 +243,9 @@ pub fn export_snapshot<W: Write>(
 
 /// Read a snapshot export from `input` into `staging`, an existing empty
 /// directory: part `n` becomes the overlayfs upper directory
-/// `staging/part<n>` ([`Whiteouts::Upper`]). Returns the manifest and
-/// those directories, in part order. `progress` gets the input bytes
+/// `staging/part<n>` ([`Whiteouts::Upper`]), an attachment the file
+/// `staging/attachments/<name>`. Returns the manifest, those directories
+/// in part order, and the attachments (name, file). `progress` gets the input bytes
 /// consumed so far. On error, the part directories are removed again.
 ///
 /// The parts keep every whiteout of the export; run
@@ -216,7 +257,7 @@ pub fn import_snapshot<R: Read>(
     ids: IdMap,
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
-) -> Result<(SnapshotManifest, Vec<PathBuf>), ArchiveError> {
+) -> Result<Imported, ArchiveError> {
     ids.validate()?;
     limits.validate()?;
     let mut entries = fs::read_dir(staging).map_err(|e| {
@@ -239,6 +280,10 @@ pub fn import_snapshot<R: Read>(
     result
 }
 
+/// What [`import_snapshot`] read: the manifest, the part directories in
+/// part order, and the attachments (name, file).
+pub type Imported = (SnapshotManifest, Vec<PathBuf>, Vec<(String, PathBuf)>);
+
 /// Removes the part directories made so far when dropped (unless emptied).
 struct PartDirs(Vec<PathBuf>);
 
@@ -259,7 +304,7 @@ fn read_snapshot(
     limits: &Limits,
     progress: &mut dyn FnMut(u64),
     made: &mut PartDirs,
-) -> Result<(SnapshotManifest, Vec<PathBuf>), ArchiveError> {
+) -> Result<Imported, ArchiveError> {
     let input = decompress(input, limits)?;
     let consumed = input.consumed.clone();
     let mut budget = Budget::default();
@@ -307,9 +352,40 @@ fn read_snapshot(
             progress(c);
         }
     };
+    let mut attached: Vec<(String, PathBuf)> = Vec::new();
     while let Some(h) = tar.next()? {
         let shown = show(&h.path);
         let comps = normalize(&h.path, limits, &shown)?;
+        if comps.first() == Some(&ATTACHMENT_DIR.as_bytes()) {
+            let name = attachment_name(&comps, h.kind, &attached, &shown)?;
+            if h.size > MAX_ATTACHMENT_LEN {
+                return Err(ArchiveError::Entry {
+                    entry: shown,
+                    reason: format!(
+                        "it holds {} bytes; an attachment may hold at most {MAX_ATTACHMENT_LEN}",
+                        h.size
+                    ),
+                });
+            }
+            let dir = staging.join(ATTACHMENT_DIR);
+            if attached.is_empty() {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(super::io_error("creating", &dir))?;
+                made.0.push(dir.clone());
+            }
+            let path = dir.join(name);
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(super::io_error("creating", &path))?;
+            io::copy(&mut tar.data(), &mut f).map_err(ArchiveError::from_read)?;
+            attached.push((name.to_string(), path));
+            tick();
+            continue;
+        }
         let part = part_of(&comps, manifest.parts.len(), &shown)?;
         let link = match h.kind {
             Kind::Hardlink => {
@@ -339,7 +415,38 @@ fn read_snapshot(
     }
     tar.drain()?;
     progress(consumed.get());
-    Ok((manifest, dirs))
+    Ok((manifest, dirs, attached))
+}
+
+/// The name of an attachment entry `attachments/<name>`: a regular file
+/// named in [`ATTACHMENTS`], once.
+fn attachment_name(
+    comps: &[&[u8]],
+    kind: Kind,
+    seen: &[(String, PathBuf)],
+    shown: &str,
+) -> Result<&'static str, ArchiveError> {
+    let refuse = |reason: String| ArchiveError::Entry {
+        entry: shown.to_string(),
+        reason,
+    };
+    let [_, name] = comps else {
+        return Err(refuse(format!(
+            "{ATTACHMENT_DIR}/ holds only the files {ATTACHMENTS:?}"
+        )));
+    };
+    let Some(name) = ATTACHMENTS.iter().find(|a| a.as_bytes() == *name) else {
+        return Err(refuse(format!(
+            "unknown attachment: {ATTACHMENT_DIR}/ holds only the files {ATTACHMENTS:?}"
+        )));
+    };
+    if kind != Kind::File {
+        return Err(refuse("an attachment must be a regular file".into()));
+    }
+    if seen.iter().any(|(n, _)| n == name) {
+        return Err(refuse("the attachment appears twice".into()));
+    }
+    Ok(name)
 }
 
 /// The part an entry belongs to: `parts/<n>/...` with `n` in decimal
@@ -351,7 +458,7 @@ fn part_of(comps: &[&[u8]], count: usize, shown: &str) -> Result<usize, ArchiveE
     };
     let outside = || {
         refuse(format!(
-            "a snapshot archive holds only {MANIFEST_NAME} and entries under parts/<n>/"
+            "a snapshot archive holds only {MANIFEST_NAME}, entries under parts/<n>/ and {ATTACHMENT_DIR}/<name>"
         ))
     };
     let [first, n, ..] = comps else {

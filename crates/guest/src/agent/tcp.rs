@@ -1,11 +1,12 @@
 //! A TCP stream to a port inside the sandbox, tunnelled over the agent
 //! connection as `Data` frames (`Eof` half-closes either way).
 //!
-//! Limits: the target is an IP address (loopback when absent), never a
-//! name; it is reached from the sandbox's network namespace, so only what
-//! the sandbox itself can reach. Connecting gives up after 10 s.
+//! Limits: the target is an IP address (loopback when absent: 127.0.0.1,
+//! then ::1), never a name; it is reached from the sandbox's network
+//! namespace, so only what the sandbox itself can reach. Connecting gives
+//! up after 10 s.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hull_proto::{Frame, GuestError, GuestErrorKind, Response, read_frame, write_frame};
@@ -15,10 +16,15 @@ use tokio::net::{TcpStream, UnixStream};
 use super::{send, send_error};
 
 pub(crate) async fn connect(mut conn: UnixStream, port: u16, host: Option<String>) {
-    let ip: IpAddr = match host.as_deref() {
-        None | Some("") | Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    // Loopback: 127.0.0.1, then ::1 when nothing listens on the first (a
+    // service bound to ::1 only), as a client resolving `localhost` would.
+    let ips: Vec<IpAddr> = match host.as_deref() {
+        None | Some("") | Some("localhost") => vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ],
         Some(h) => match h.parse() {
-            Ok(ip) => ip,
+            Ok(ip) => vec![ip],
             Err(_) => {
                 let e = GuestError::new(
                     GuestErrorKind::InvalidArgument,
@@ -35,8 +41,20 @@ pub(crate) async fn connect(mut conn: UnixStream, port: u16, host: Option<String
         );
         return send_error(&mut conn, e).await;
     }
-    let addr = SocketAddr::new(ip, port);
-    let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
+    let mut addr = SocketAddr::new(ips[0], port);
+    let attempt = async {
+        let mut last = None;
+        for ip in &ips {
+            addr = SocketAddr::new(*ip, port);
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::ECONNREFUSED)))
+    };
+    let tcp = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             // Refused, unreachable, reset: nothing in the sandbox answers there.

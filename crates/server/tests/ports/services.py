@@ -5,6 +5,7 @@ headers, body length and sha256); /stream sends one chunk, then the rest
 once /tmp/go exists; /cut promises 1000 bytes and closes after 10;
 /ws is a WebSocket echo server (text and binary).
 9000: TCP echo; on EOF from the client it sends b"bye" and closes.
+8083: the 8080 service on ::1 only.
 """
 import base64
 import hashlib
@@ -160,6 +161,13 @@ if __name__ == "__main__":
     http = ThreadingHTTPServer(("127.0.0.1", 8080), H)
     tcp = TcpServer(("0.0.0.0", 9000), Echo)
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
+
+    class V6Http(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    # 8083: the same HTTP service on ::1 only (exposure falls back to it).
+    http6 = V6Http(("::1", 8083), H)
+    threading.Thread(target=http6.serve_forever, daemon=True).start()
     open("/tmp/ready", "w").close()
     sys.stdout.flush()
     http.serve_forever()
