@@ -528,8 +528,23 @@ impl ContainerHost {
         // the child inherits it (owned by the initial user namespace: root
         // in the sandbox gets no CAP_NET_ADMIN over it).
         let spawned = match &spec.netns {
-            Some(ns) => hull_sys::netns::run_in(ns.as_fd(), || hull_sys::ns::spawn(&spawn_spec))
-                .map_err(|source| ContainerError::Io {
+            Some(ns) => hull_sys::netns::run_in(ns.as_fd(), || {
+                // Its sysfs, made while in it: the sandbox can't mount one.
+                let sysfs = hull_sys::mount::detached_sysfs()
+                    .inspect_err(|e| {
+                        tracing::debug!(error = %e, "no sysfs for the sandbox's /sys");
+                    })
+                    .ok();
+                let mut fds = spawn_spec.fds.to_vec();
+                if let Some(fd) = &sysfs {
+                    fds.push((fd.as_fd(), hull_proto::init::SYSFS_FD));
+                }
+                hull_sys::ns::spawn(&hull_sys::ns::SpawnSpec {
+                    fds: &fds,
+                    ..spawn_spec
+                })
+            })
+            .map_err(|source| ContainerError::Io {
                 what: "entering the sandbox's network namespace",
                 path: dir.display().to_string(),
                 source,

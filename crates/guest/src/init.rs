@@ -16,12 +16,12 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use hull_proto::init::{InitPlan, InitStatus, PLAN_FD, RW_FD, STATUS_FD};
+use hull_proto::init::{InitPlan, InitStatus, PLAN_FD, RW_FD, STATUS_FD, SYSFS_FD};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{Gid, Uid};
 
@@ -78,7 +78,8 @@ pub fn run() -> i32 {
         return 2;
     };
     let status_fd = hull_sys::ns::take_inherited_fd(STATUS_FD);
-    let result = read_plan(plan_fd).and_then(|plan| setup(&plan).map(|l| (plan, l)));
+    let sysfs_fd = hull_sys::ns::take_inherited_fd(SYSFS_FD);
+    let result = read_plan(plan_fd).and_then(|plan| setup(&plan, sysfs_fd).map(|l| (plan, l)));
     let status = match &result {
         Ok(_) => InitStatus {
             ok: true,
@@ -126,7 +127,7 @@ fn read_plan(fd: OwnedFd) -> Result<InitPlan, InitError> {
     serde_json::from_slice(&buf).step("parsing the plan")
 }
 
-fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
+fn setup(plan: &InitPlan, sysfs: Option<OwnedFd>) -> Result<UnixListener, InitError> {
     // The host has written our id maps: become root of the user namespace.
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
         .step("setresgid")?;
@@ -189,7 +190,7 @@ fn setup(plan: &InitPlan) -> Result<UnixListener, InitError> {
         .step("mounting the root filesystem overlay")?;
     }
 
-    mount_system_dirs(&root)?;
+    mount_system_dirs(&root, sysfs)?;
     mask_paths(&root)?;
 
     let listener = bind_socket(&plan.socket_path).step("binding the agent socket")?;
@@ -244,7 +245,7 @@ fn ensure_dir(root: &Path, rel: &str, mode: u32) -> Result<PathBuf, InitError> {
     Ok(p)
 }
 
-fn mount_system_dirs(root: &Path) -> Result<(), InitError> {
+fn mount_system_dirs(root: &Path, sysfs: Option<OwnedFd>) -> Result<(), InitError> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc = ensure_dir(root, "proc", 0o555)?;
     mount(
@@ -256,17 +257,29 @@ fn mount_system_dirs(root: &Path) -> Result<(), InitError> {
     )
     .step("mounting /proc")?;
     let sys = ensure_dir(root, "sys", 0o555)?;
-    // sysfs is only mountable with our own network namespace; it is read-only either way.
-    if mount(
-        Some("sysfs"),
-        &sys,
-        Some("sysfs"),
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .is_err()
-    {
-        tracing::debug!("sysfs not mountable; /sys stays empty");
+    // Read-only either way. In a namespace of our own we mount it; in one
+    // the host made (networked sandboxes) only the host may, and it hands
+    // over a detached mount of it.
+    let placed = match sysfs {
+        Some(fd) => rustix::mount::move_mount(
+            fd.as_fd(),
+            "",
+            rustix::fs::CWD,
+            &sys,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| e.to_string()),
+        None => mount(
+            Some("sysfs"),
+            &sys,
+            Some("sysfs"),
+            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = placed {
+        tracing::debug!(error = %e, "sysfs not mountable; /sys stays empty");
     }
 
     let dev = ensure_dir(root, "dev", 0o755)?;

@@ -27,10 +27,14 @@
 //!
 //! Secrets: injected values are marked sensitive, never logged, never put
 //! in events; a response header whose value contains an injected value (8
-//! bytes or longer) is dropped before it reaches the sandbox. A response
+//! bytes or longer) or its credential part (`Bearer X`: `X`) is dropped
+//! before it reaches the sandbox. A response
 //! BODY that echoes the request's headers (a debugging endpoint) does
 //! reveal the secret to the sandbox: hull does not rewrite live bodies (a
-//! cassette stores such a body with the value masked by `*`).
+//! cassette stores such a body with the value masked by `*`). To make that
+//! mask possible, a recorded request with injected headers asks the
+//! upstream for `Accept-Encoding: identity`, and a content-encoded answer
+//! to it is not recorded (a compressed echo could not be found).
 //!
 //! Limits: HTTP/1.1 only (ALPN never offers h2), one upstream connection
 //! per client connection (requests on it are sequential anyway), no
@@ -595,6 +599,15 @@ impl Conn {
             v.set_sensitive(true);
             parts.headers.insert(n, v);
         }
+        // Recording with injected headers: ask for an unencoded body, so a
+        // secret the upstream echoes can be found and masked in the
+        // cassette (a compressed one can't; see `encoded` below).
+        if self.recorder.is_some() && !secrets.is_empty() {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         parts.uri = match Uri::try_from(target.as_str()) {
             Ok(u) => u,
             Err(_) => return text(StatusCode::BAD_REQUEST, "hull: bad request target".into()),
@@ -664,12 +677,24 @@ impl Conn {
                 };
                 let sandbox = self.rules.sandbox_id.clone();
                 let secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+                // A content-encoded body (an upstream ignoring the
+                // `identity` asked for above) can't be searched for the
+                // injected values: not recorded.
+                let encoded = !secret_values.is_empty()
+                    && rparts
+                        .headers
+                        .get(header::CONTENT_ENCODING)
+                        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
                 let pending: PendingExchange = Box::pin(async move {
                     let (Ok(q), Ok(r)) = (req_rx.await, rx.await) else {
                         return None;
                     };
                     if !q.complete || !r.complete {
                         tracing::debug!(%sandbox, "record: exchange not recorded (a body did not complete)");
+                        return None;
+                    }
+                    if encoded {
+                        tracing::info!(%sandbox, "record: exchange not recorded (a content-encoded response to a request with injected headers can't be checked for them)");
                         return None;
                     }
                     // Hashing is done; encoding (and masking) runs on the
@@ -875,15 +900,30 @@ fn replay_refusal(kind: &'static str, msg: String) -> Response<HBody> {
     r
 }
 
+/// What to look for of injected values: each value of 8 bytes or longer,
+/// and the credential of a `<scheme> <credential>` value (`Bearer X`:
+/// `X`) of 8 bytes or longer, which an upstream may echo alone.
+fn secret_needles<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    for v in values {
+        let v = v.trim();
+        if v.len() >= 8 {
+            out.push(v.as_bytes());
+        }
+        if let Some((_, cred)) = v.rsplit_once(' ')
+            && cred.len() >= 8
+        {
+            out.push(cred.as_bytes());
+        }
+    }
+    out
+}
+
 /// Overwrite (with `*`, same length) every occurrence of an injected
-/// value of 8 bytes or longer in `buf`; whether any was found.
+/// value (see [`secret_needles`]) in `buf`; whether any was found.
 fn mask_secrets(buf: &mut [u8], secrets: &[String]) -> bool {
     let mut found = false;
-    for s in secrets
-        .iter()
-        .map(|s| s.as_bytes())
-        .filter(|s| s.len() >= 8)
-    {
+    for s in secret_needles(secrets.iter().map(String::as_str)) {
         let mut i = 0;
         while i + s.len() <= buf.len() {
             if &buf[i..i + s.len()] == s {
@@ -900,11 +940,7 @@ fn mask_secrets(buf: &mut [u8], secrets: &[String]) -> bool {
 
 /// Remove response headers that contain an injected secret value.
 fn drop_echoed_secrets(h: &mut HeaderMap, secrets: &[(String, String)], sandbox: &str) {
-    let vals: Vec<&[u8]> = secrets
-        .iter()
-        .map(|(_, v)| v.as_bytes())
-        .filter(|v| v.len() >= 8)
-        .collect();
+    let vals = secret_needles(secrets.iter().map(|(_, v)| v.as_str()));
     if vals.is_empty() {
         return;
     }
@@ -1021,5 +1057,36 @@ impl<B: Body> Drop for Tee<B> {
     fn drop(&mut self) {
         // A body never polled (empty, already at its end) ends here.
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_secrets_are_masked_and_dropped_whole_or_credential_alone() {
+        let secrets = vec!["Bearer s3cr3t-token-42".to_string(), "short".to_string()];
+        let mut body =
+            b"full: Bearer s3cr3t-token-42; alone: s3cr3t-token-42; short stays".to_vec();
+        assert!(mask_secrets(&mut body, &secrets));
+        let text = String::from_utf8(body).unwrap();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("short stays"), "{text}");
+        assert_eq!(text.len(), 65);
+        let mut clean = b"nothing here".to_vec();
+        assert!(!mask_secrets(&mut clean, &secrets));
+
+        let pairs = vec![(
+            "authorization".to_string(),
+            "Bearer s3cr3t-token-42".to_string(),
+        )];
+        let mut h = HeaderMap::new();
+        h.insert("x-echo", HeaderValue::from_static("token=s3cr3t-token-42"));
+        h.insert("x-full", HeaderValue::from_static("Bearer s3cr3t-token-42"));
+        h.insert("x-ok", HeaderValue::from_static("fine"));
+        drop_echoed_secrets(&mut h, &pairs, "sb");
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-ok"));
     }
 }

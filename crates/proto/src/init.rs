@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 pub const PLAN_FD: i32 = 3;
 /// File descriptor on which init writes one [`InitStatus`] (JSON) and closes.
 pub const STATUS_FD: i32 = 4;
+/// For a sandbox in a namespace the host made (networked sandboxes): a
+/// detached read-only sysfs mount of that namespace, made by the host (only
+/// a holder of `CAP_SYS_ADMIN` over the namespace's owner may mount sysfs
+/// for it), which init moves onto `/sys`. Absent otherwise: init mounts
+/// sysfs itself.
+pub const SYSFS_FD: i32 = 5;
 /// Descriptor the guest keeps open on its writable layer's root (the tmpfs
 /// holding `upper<i>`/`work<i>` for each overlay, in the sandbox's own mount
 /// namespace, where no path reaches it after `pivot_root`). The host reads

@@ -134,6 +134,20 @@ async fn policies_end_to_end() {
         .await;
     assert_ne!(r.stdout.trim(), "0", "none: ICMP answered");
 
+    // A networked sandbox's /sys: its own namespace's interfaces, read-only
+    // (the host made the sysfs mount for it).
+    let r = f
+        .sh(
+            &open.id,
+            "echo $(ls /sys/class/net); ls /sys/devices/system/cpu | grep -c '^cpu[0-9]'; touch /sys/x 2>&1 | grep -c 'Read-only'; ls -A /sys/firmware | wc -l",
+        )
+        .await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some("eth0 lo"), "{r:?}");
+    assert!(lines[1].parse::<u32>().unwrap() >= 1, "{r:?}");
+    assert_eq!(lines[2], "1", "{r:?}");
+    assert_eq!(lines[3], "0", "/sys/firmware is masked: {r:?}");
+
     // open: the fake internet, v4 and v6, TCP and UDP...
     let out = probe(&f, &open.id, "tcp", FakeInternet::WEB4, 80).await;
     assert_eq!(out, "OK fake-internet 198.51.100.10");

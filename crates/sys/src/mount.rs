@@ -1,13 +1,14 @@
 //! Mount operations that need the new mount API or raw flags: idmapped bind
 //! mounts (how template files owned by host root appear root-owned inside a
-//! sandbox), and mount-table queries.
+//! sandbox), detached sysfs mounts for namespaces the host made, and
+//! mount-table queries.
 //!
 //! Ordinary mounts (`mount(2)`, `pivot_root`, `umount2`) are safe calls in
 //! `nix` and are used directly by their callers.
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
@@ -21,6 +22,25 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A detached, read-only (and nosuid, nodev, noexec) sysfs mount of the
+/// calling thread's network namespace, to be moved into place with
+/// `move_mount(2)` by a process in another mount namespace — even one whose
+/// user namespace could not mount sysfs for that network namespace itself
+/// (a sandbox in a namespace owned by the host's user namespace).
+pub fn detached_sysfs() -> io::Result<OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let fs = rustix::mount::fsopen("sysfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    rustix::mount::fsconfig_create(fs.as_fd())?;
+    Ok(rustix::mount::fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?)
 }
 
 /// Bind `src` at `dst` through an idmapped mount: a file owned by uid/gid `k`

@@ -14,6 +14,7 @@ pub struct RuntimeKit {
     pub rt: Arc<Runtime>,
     pub dir: tempfile::TempDir,
     backend: hull_runtime::BackendChoice,
+    network: hull_runtime::NetworkConfig,
     finished: bool,
 }
 
@@ -52,19 +53,39 @@ impl RuntimeKit {
     /// A runtime whose snapshot store uses `backend` (a btrfs one in a
     /// 4 GiB loop image when the state directory is not on btrfs).
     pub async fn with_backend(backend: hull_runtime::BackendChoice) -> RuntimeKit {
+        Self::open(backend, Default::default()).await
+    }
+
+    /// A runtime with these network settings (e.g. a fake internet's DNS
+    /// server as `dns_upstream` and its CA as `upstream_ca`).
+    pub async fn with_network(network: hull_runtime::NetworkConfig) -> RuntimeKit {
+        let backend = hull_runtime::BackendChoice::from_env()
+            .expect("HULL_SNAPSHOT_BACKEND is auto, overlay or btrfs");
+        Self::open(backend, network).await
+    }
+
+    async fn open(
+        backend: hull_runtime::BackendChoice,
+        network: hull_runtime::NetworkConfig,
+    ) -> RuntimeKit {
         let dir = state_dir("hull-t");
-        let rt = Runtime::open(Self::config(dir.path(), backend))
+        let rt = Runtime::open(Self::config(dir.path(), backend, &network))
             .await
             .expect("runtime opens");
         RuntimeKit {
             rt,
             dir,
             backend,
+            network,
             finished: false,
         }
     }
 
-    fn config(state: &std::path::Path, backend: hull_runtime::BackendChoice) -> RuntimeConfig {
+    fn config(
+        state: &std::path::Path,
+        backend: hull_runtime::BackendChoice,
+        network: &hull_runtime::NetworkConfig,
+    ) -> RuntimeConfig {
         RuntimeConfig {
             state_dir: state.to_path_buf(),
             guest_binary: guest_binary(),
@@ -73,14 +94,14 @@ impl RuntimeKit {
                 backend,
                 image_bytes: Some(4 << 30),
             },
-            network: Default::default(),
+            network: network.clone(),
         }
     }
 
     /// Reopen the runtime on the same state directory (a daemon restart).
     pub async fn restart(&mut self) {
         self.rt.shutdown().await;
-        self.rt = Runtime::open(Self::config(self.dir.path(), self.backend))
+        self.rt = Runtime::open(Self::config(self.dir.path(), self.backend, &self.network))
             .await
             .expect("runtime reopens");
     }
