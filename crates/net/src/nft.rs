@@ -409,6 +409,42 @@ table inet {t} {{
         run(&script)
     }
 
+    /// [`Nft::forget`] for several links in one `nft` run. If that run
+    /// fails (`nft -f` is all-or-nothing), each link is forgotten on its
+    /// own so that one bad element does not keep the others.
+    pub fn forget_many(&self, ifnames: &[&str]) -> Result<(), NetError> {
+        let olds: Vec<Vec<String>> = {
+            let mut map = self.elements.lock().unwrap_or_else(|e| e.into_inner());
+            ifnames
+                .iter()
+                .filter_map(|n| map.remove(*n))
+                .filter(|old| !old.is_empty())
+                .collect()
+        };
+        let script = |olds: &[Vec<String>]| {
+            let mut script = String::new();
+            for e in olds.iter().flatten() {
+                let _ = writeln!(script, "delete element inet {} {e}", self.table);
+            }
+            script
+        };
+        match olds.len() {
+            0 => Ok(()),
+            1 => run(&script(&olds)),
+            _ => run(&script(&olds)).or_else(|_| {
+                let mut first = Ok(());
+                for old in &olds {
+                    if let Err(e) = run(&script(std::slice::from_ref(old)))
+                        && first.is_ok()
+                    {
+                        first = Err(e);
+                    }
+                }
+                first
+            }),
+        }
+    }
+
     /// Drop the whole table (daemon reset).
     pub fn delete(&self) -> Result<(), NetError> {
         self.elements

@@ -197,3 +197,104 @@ fn pool_policies_and_cleanup() {
     }
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `ip` output for a slot: inside its namespace and of its host end (to
+/// compare configurations; dynamic fields stripped by the caller).
+fn dump(slot: &Slot) -> String {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let inside = in_slot(slot, || {
+        [
+            run(&["-d", "link", "show"]),
+            run(&["addr", "show"]),
+            run(&["-4", "route", "show", "table", "all"]),
+            run(&["-6", "route", "show", "table", "all"]),
+        ]
+        .concat()
+    })
+    .unwrap();
+    let host = [
+        run(&["-d", "link", "show", "dev", &slot.ifname]),
+        run(&["addr", "show", "dev", &slot.ifname]),
+        run(&["-4", "route", "show", "dev", &slot.ifname]),
+        run(&["-6", "route", "show", "dev", &slot.ifname]),
+    ]
+    .concat();
+    format!("== inside\n{inside}== host\n{host}")
+}
+
+/// Cost of making a slot inline (pool empty: namespace, veth pair,
+/// addresses, routes, firewall elements) and of deleting one. Prints
+/// numbers; run with
+/// `cargo nextest run -p hull-net --test pool --run-ignored only --no-capture`
+/// (`HULL_NET_DUMP=1` also prints the first slot's configuration).
+#[test]
+#[ignore = "benchmark: prints numbers"]
+fn bench_make_and_delete() {
+    if !hull_testkit::privileged("bench_make_and_delete") {
+        return;
+    }
+    let n: usize = std::env::var("HULL_NET_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    if std::env::var("HULL_NET_DUMP").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .with_test_writer()
+            .try_init();
+    }
+    let state = hull_testkit::state_dir("hull-net-bench");
+    let inst = format!("{:08x}", std::process::id() ^ 0x3c3c_0000);
+    let start = |pool_size| {
+        NetHost::start(
+            NetConfig {
+                state_dir: state.path().to_path_buf(),
+                instance: inst.clone(),
+                range4: None,
+                range6: None,
+                pool_size,
+                proxy: None,
+                log_group: None,
+            },
+            &[],
+        )
+        .unwrap()
+    };
+    // Pool size 0: every take makes its slot inline.
+    let host = start(0);
+    let open = rules("a", "open", &host, &[]);
+    let mut made = Vec::new();
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let slot = host.take(&open).unwrap();
+        times.push(t.elapsed());
+        made.push(slot);
+    }
+    if std::env::var("HULL_NET_DUMP").is_ok() {
+        println!("{}", dump(&made[0]));
+    }
+    // Deleting: releases are handled by the pool thread; closing waits
+    // until it has deleted them all.
+    let t = std::time::Instant::now();
+    for s in made {
+        host.release(s);
+    }
+    host.close(true);
+    let del = t.elapsed() / n as u32;
+    times.sort();
+    println!(
+        "make (take, pool empty) x{n}: p50 {:?} p90 {:?}; delete (release + close) mean {del:?}",
+        times[n / 2],
+        times[n * 9 / 10]
+    );
+    let left = net_leftovers(&inst);
+    let _ = purge(&inst);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
