@@ -139,8 +139,10 @@ def test_network_policy(client: hull.Hull) -> None:
     with client.sandbox(template="busybox", profile="rollout") as sb:
         assert sb.info().network is not None and sb.info().network.mode == "none"
         assert sb.network().summary == "none"
-        with pytest.raises(hull.Conflict):
-            sb.set_network("open")  # created without an interface
+        # Created without an interface: widened in place.
+        n = sb.set_network("allow:198.51.100.0/24:80")
+        assert n.summary == "allow:198.51.100.0/24:80" and len(n.addresses) == 2
+        assert sb.set_network("none").summary == "none"
     with client.sandbox(template="busybox", network="allow:198.51.100.0/24:80") as sb:
         n = sb.network()
         assert n.summary == "allow:198.51.100.0/24:80" and len(n.addresses) == 2
