@@ -674,13 +674,7 @@ impl EgressProxy {
             refuse(stream, Refuse::Http(Some(head_len)), &rules, &dest).await;
             return;
         }
-        let mut head = vec![0u8; head_len];
-        if stream.read_exact(&mut head).await.is_err()
-            || stream
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
-                .is_err()
-        {
+        if !establish_connect(&mut stream, head_len).await {
             return;
         }
         match upstream {
@@ -737,13 +731,7 @@ impl EgressProxy {
                 return;
             }
         };
-        let mut head = vec![0u8; head_len];
-        if stream.read_exact(&mut head).await.is_err()
-            || stream
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
-                .is_err()
-        {
+        if !establish_connect(&mut stream, head_len).await {
             return;
         }
         self.splice(stream, up, &rules, &dest).await;
@@ -1090,6 +1078,17 @@ async fn pump_copy(
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// Consume a CONNECT request's head (`head_len` bytes) and answer `200`:
+/// what follows is the tunnel. False when the client went away.
+async fn establish_connect(stream: &mut TcpStream, head_len: usize) -> bool {
+    let mut head = vec![0u8; head_len];
+    stream.read_exact(&mut head).await.is_ok()
+        && stream
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_ok()
 }
 
 #[cfg(test)]

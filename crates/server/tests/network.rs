@@ -83,6 +83,17 @@ async fn ok(f: &Fixture, id: &str, kind: &str, host: &str, port: u16) -> bool {
         .any(|p| out.starts_with(p))
 }
 
+/// `PUT /v1/sandboxes/{id}/network` with `body`.
+async fn put_net(app: &axum::Router, id: &str, body: &str) -> (StatusCode, Vec<u8>) {
+    call(
+        app,
+        "PUT",
+        &format!("/v1/sandboxes/{id}/network"),
+        body.to_string(),
+    )
+    .await
+}
+
 async fn create(app: &axum::Router, body: &str) -> Sandbox {
     let (s, b) = call(app, "POST", "/v1/sandboxes", body.to_string()).await;
     assert_eq!(
@@ -255,13 +266,7 @@ async fn policies_end_to_end() {
         !ok(&f, &cidr.id, "tcp", &web4, 80).await,
         "reached another sandbox"
     );
-    let (s, b) = call(
-        &app,
-        "PUT",
-        &format!("/v1/sandboxes/{}/network", cidr.id),
-        r#""allow:198.51.100.10/32:80,sandbox:web""#,
-    )
-    .await;
+    let (s, b) = put_net(&app, &cidr.id, r#""allow:198.51.100.10/32:80,sandbox:web""#).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert_eq!(probe(&f, &cidr.id, "tcp", &web4, 80).await, "OK peer-web");
     // The peer rule is one-way: web still can't reach the other.
@@ -276,25 +281,13 @@ async fn policies_end_to_end() {
     assert!(!ok(&f, &open.id, "tcp", &cnet.addresses[0], 80).await);
 
     // A change applies to new connections: open -> none -> open.
-    let (s, _) = call(
-        &app,
-        "PUT",
-        &format!("/v1/sandboxes/{}/network", open.id),
-        r#""none""#,
-    )
-    .await;
+    let (s, _) = put_net(&app, &open.id, r#""none""#).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         !ok(&f, &open.id, "tcp", FakeInternet::WEB4, 80).await,
         "none after change"
     );
-    let (s, _) = call(
-        &app,
-        "PUT",
-        &format!("/v1/sandboxes/{}/network", open.id),
-        r#"{"mode":"open"}"#,
-    )
-    .await;
+    let (s, _) = put_net(&app, &open.id, r#"{"mode":"open"}"#).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         ok(&f, &open.id, "tcp", FakeInternet::WEB4, 80).await,
@@ -302,13 +295,7 @@ async fn policies_end_to_end() {
     );
 
     // Secrets are never returned.
-    let (s, b) = call(
-        &app,
-        "PUT",
-        &format!("/v1/sandboxes/{}/network", open.id),
-        r#"{"mode":"open","headers":[{"domain":"api.example.com","set":{"Authorization":"Bearer s3cret"}}]}"#,
-    )
-    .await;
+    let (s, b) = put_net(&app, &open.id, r#"{"mode":"open","headers":[{"domain":"api.example.com","set":{"Authorization":"Bearer s3cret"}}]}"#).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert!(!String::from_utf8_lossy(&b).contains("s3cret"));
     let (_, b) = call(
@@ -345,13 +332,7 @@ async fn policies_end_to_end() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     // A sandbox created with none is widened in place: its namespace gets
     // an interface, under the new policy at once.
-    let (s, b) = call(
-        &app,
-        "PUT",
-        &format!("/v1/sandboxes/{}/network", rollout.id),
-        r#""allow:198.51.100.10/32:80""#,
-    )
-    .await;
+    let (s, b) = put_net(&app, &rollout.id, r#""allow:198.51.100.10/32:80""#).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     let n: SandboxNetwork = serde_json::from_slice(&b).unwrap();
     assert_eq!(n.addresses.len(), 2, "{n:?}");
@@ -392,13 +373,7 @@ async fn policies_end_to_end() {
         "widened none after restart"
     );
     // ... and narrowed again: nothing.
-    let (s, _) = call(
-        &app,
-        "PUT",
-        &format!("/v1/sandboxes/{}/network", rollout.id),
-        r#""none""#,
-    )
-    .await;
+    let (s, _) = put_net(&app, &rollout.id, r#""none""#).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         !ok(&f, &rollout.id, "tcp", FakeInternet::WEB4, 80).await,
