@@ -569,13 +569,27 @@ impl Runtime {
                 })
                 .cloned(),
         };
-        if let Some(n) = &name {
-            let set: LabelChanges = BTreeMap::from([(L_NAME.into(), Some(n.clone()))]);
-            self.store()?
-                .update_labels(&part_key(&sid, 0), &set)
-                .map_err(snapshot_error)?;
-        }
-        let rec = self.publish(&sid, parts, name.as_deref(), None).await?;
+        let published = async {
+            if let Some(n) = &name {
+                let set: LabelChanges = BTreeMap::from([(L_NAME.into(), Some(n.clone()))]);
+                self.store()?
+                    .update_labels(&part_key(&sid, 0), &set)
+                    .map_err(snapshot_error)?;
+            }
+            self.publish(&sid, parts, name.as_deref(), None).await
+        };
+        let rec = match published.await {
+            Ok(rec) => rec,
+            Err(e) => {
+                // The incomplete snapshot goes at the next start; its
+                // cassette must not stay behind it.
+                let _ = std::fs::remove_file(hull_net::cassette::snapshot_path(
+                    &self.net.state_dir,
+                    &sid,
+                ));
+                return Err(e);
+            }
+        };
         tracing::info!(snapshot = %sid, "imported");
         Ok(self.to_api(&rec))
     }
